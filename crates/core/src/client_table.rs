@@ -1,0 +1,151 @@
+//! Per-client execution record: what executed, and the cached replies that answer
+//! retransmissions without executing twice.
+//!
+//! A client may have up to `window` requests in flight. A request `(client, req_seq)` executes
+//! if and only if `req_seq > floor` and it has not executed yet; the table keeps the replies of
+//! the last `window` executed requests and raises `floor` as it evicts older ones, so memory
+//! per client is bounded and a request the client has moved past can never run.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::{decode, encode, DecodeError};
+use crate::types::ClientId;
+
+/// One client's record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientEntry {
+    /// Every request at or below `floor` has executed or can no longer execute.
+    pub floor: u64,
+    /// Replies of executed requests above `floor`.
+    pub replies: BTreeMap<u64, Vec<u8>>,
+}
+
+/// What the table says about a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// Not executed yet and executable.
+    New,
+    /// Executed; here is the cached reply.
+    Executed(&'a [u8]),
+    /// At or below the floor without a cached reply: ignore.
+    Stale,
+    /// Too far ahead of the floor: the client exceeds its window.
+    TooFarAhead,
+}
+
+/// The client table; part of the checkpointed state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientTable {
+    entries: BTreeMap<ClientId, ClientEntry>,
+}
+
+impl ClientTable {
+    /// Classify `(client, req_seq)` for a client window of `window` requests.
+    pub fn lookup(&self, client: ClientId, req_seq: u64, window: u32) -> Lookup<'_> {
+        let Some(e) = self.entries.get(&client) else {
+            return if req_seq > u64::from(window) * 2 { Lookup::TooFarAhead } else { Lookup::New };
+        };
+        if let Some(r) = e.replies.get(&req_seq) {
+            return Lookup::Executed(r);
+        }
+        if req_seq <= e.floor {
+            return Lookup::Stale;
+        }
+        let top = e.replies.keys().next_back().copied().unwrap_or(e.floor).max(e.floor);
+        if req_seq > top.saturating_add(u64::from(window) * 2) {
+            return Lookup::TooFarAhead;
+        }
+        Lookup::New
+    }
+
+    /// Whether `(client, req_seq)` would execute now.
+    pub fn is_new(&self, client: ClientId, req_seq: u64) -> bool {
+        match self.entries.get(&client) {
+            None => true,
+            Some(e) => req_seq > e.floor && !e.replies.contains_key(&req_seq),
+        }
+    }
+
+    /// Record an execution and its reply, evicting beyond `window` cached replies.
+    pub fn record(&mut self, client: ClientId, req_seq: u64, reply: Vec<u8>, window: u32) {
+        let e = self.entries.entry(client).or_default();
+        e.replies.insert(req_seq, reply);
+        while e.replies.len() > window as usize {
+            if let Some((s, _)) = e.replies.pop_first() {
+                e.floor = e.floor.max(s);
+            }
+        }
+    }
+
+    /// Fill in the reply of a request already recorded with a placeholder.
+    pub fn set_reply(&mut self, client: ClientId, req_seq: u64, reply: Vec<u8>) {
+        if let Some(r) = self.entries.get_mut(&client).and_then(|e| e.replies.get_mut(&req_seq)) {
+            *r = reply;
+        }
+    }
+
+    /// Number of clients known.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no client is known.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Canonical encoding (part of the checkpoint digest).
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decode an encoding produced by [`ClientTable::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<ClientTable, DecodeError> {
+        decode(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executes_once_and_caches() {
+        let mut t = ClientTable::default();
+        assert_eq!(t.lookup(7, 1, 4), Lookup::New);
+        t.record(7, 1, b"r1".to_vec(), 4);
+        assert_eq!(t.lookup(7, 1, 4), Lookup::Executed(b"r1"));
+        assert!(!t.is_new(7, 1));
+        assert!(t.is_new(7, 3), "out of order within the window still executes");
+    }
+
+    #[test]
+    fn window_bounds_memory_and_raises_floor() {
+        let mut t = ClientTable::default();
+        for s in 1..=10 {
+            t.record(1, s, vec![s as u8], 4);
+        }
+        let e = &t.entries[&1];
+        assert_eq!(e.replies.len(), 4);
+        assert_eq!(e.floor, 6);
+        assert_eq!(t.lookup(1, 5, 4), Lookup::Stale);
+        assert!(!t.is_new(1, 6));
+        assert_eq!(t.lookup(1, 7, 4), Lookup::Executed(&[7]));
+        assert_eq!(t.lookup(1, 100, 4), Lookup::TooFarAhead);
+        assert_eq!(t.lookup(2, 100, 4), Lookup::TooFarAhead);
+    }
+
+    #[test]
+    fn encoding_is_canonical() {
+        let mut a = ClientTable::default();
+        let mut b = ClientTable::default();
+        a.record(1, 1, vec![1], 4);
+        a.record(2, 1, vec![2], 4);
+        b.record(2, 1, vec![2], 4);
+        b.record(1, 1, vec![1], 4);
+        assert_eq!(a.encode(), b.encode());
+        assert_eq!(ClientTable::decode(&a.encode()).unwrap(), a);
+    }
+}

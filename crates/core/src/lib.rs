@@ -1,0 +1,110 @@
+//! The shieldwall ordering engine: PBFT (Byzantine mode) and Multi-Paxos (crash mode) as one
+//! deterministic, sans-IO state machine.
+//!
+//! A [`Replica`] takes [`Event`]s (a verified message, a client request, an execution result, a
+//! clock tick) with the current time as an argument, and pushes [`Action`]s (send, broadcast,
+//! execute, reply, restore a snapshot) for the caller to carry out. It never does IO, reads a
+//! clock, spawns threads or draws OS randomness, so the same code runs under the real runtime
+//! and the deterministic simulator.
+//!
+//! Signatures are checked outside the engine by [`verify::verify_message`] and
+//! [`verify::verify_request`] (pure functions the runtime runs on a pool of threads); the engine
+//! checks everything else (sender, view and sequence windows, digests, quorums, duplicates)
+//! before a message touches its state, and counts what it rejects in [`Stats`].
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod auth;
+pub mod client_table;
+pub mod config;
+pub mod message;
+pub mod types;
+pub mod verify;
+
+mod replica;
+
+pub use auth::{Authenticator, Ed25519Auth, SimAuth, VerifyItem};
+pub use config::{Config, ConfigError, FaultModel};
+pub use message::{
+    Checkpoint, CheckpointCert, CommittedBatch, Fetch, FetchReply, Message, NewView, PrePrepare,
+    PreparedCert, Reply, Request, Signed, SignedRequest, StateSnapshot, ViewChange, Vote,
+};
+pub use replica::{Replica, Stats, Status};
+pub use types::{ClientId, Digest, Principal, ReplicaId, Seq, View};
+
+/// An input to [`Replica::handle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A client request whose authenticator passed [`verify::verify_request`].
+    Request(SignedRequest),
+    /// A replica message that passed [`verify::verify_message`].
+    Message(Message),
+    /// A message validly signed by `from` for `view` proved that `from` misbehaved (for example
+    /// a pre-prepare carrying a request with a bad client signature). If `from` leads the
+    /// replica's current view, the replica starts a view change.
+    ProvenFault {
+        /// The misbehaving replica.
+        from: ReplicaId,
+        /// The view of the offending message.
+        view: View,
+    },
+    /// The service executed the batch of an [`Action::Execute`]. Must arrive in the order the
+    /// executes were emitted, with one result per executed request.
+    Executed {
+        /// The batch's sequence number.
+        seq: Seq,
+        /// One result per request of the batch, in order.
+        results: Vec<Vec<u8>>,
+        /// The service snapshot after the batch, present if and only if the action asked.
+        snapshot: Option<Vec<u8>>,
+    },
+    /// Time passed: fire any timer due at `now_ms`. Call it at [`Replica::next_deadline`].
+    Tick,
+}
+
+/// An output of [`Replica::handle`], to be carried out by the caller in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `message` to replica `to`.
+    Send {
+        /// Destination.
+        to: ReplicaId,
+        /// The message.
+        message: Message,
+    },
+    /// Send `message` to every other replica.
+    Broadcast {
+        /// The message.
+        message: Message,
+    },
+    /// Execute `requests` (already filtered for exactly-once) at `seq` on the service, then
+    /// report [`Event::Executed`]; take a service snapshot afterwards if `snapshot` is set.
+    Execute {
+        /// Sequence number of the batch.
+        seq: Seq,
+        /// View the batch committed in.
+        view: View,
+        /// Requests to run, in order.
+        requests: Vec<Request>,
+        /// Whether to return a snapshot (checkpoint sequence numbers).
+        snapshot: bool,
+    },
+    /// Run a read-only request against the current state and send the client a [`Reply`] with
+    /// `read_only: true`, this `view` and `executed` as context.
+    ExecuteReadOnly {
+        /// The request.
+        request: Request,
+        /// Current view.
+        view: View,
+    },
+    /// Send a reply to its client.
+    Reply(Reply),
+    /// Replace the service state with `service` (state transfer); the engine's client table and
+    /// sequence number already moved to `seq`.
+    Restore {
+        /// Sequence number the snapshot is at.
+        seq: Seq,
+        /// Service snapshot bytes.
+        service: Vec<u8>,
+    },
+}

@@ -1,0 +1,345 @@
+//! The replica state machine. One module per subprotocol; they all extend [`Replica`].
+
+mod checkpoint;
+mod client_requests;
+mod normal_case;
+mod state_transfer;
+#[cfg(test)]
+mod tests;
+mod view_change;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::auth::Authenticator;
+use crate::client_table::ClientTable;
+use crate::config::{Config, ConfigError};
+use crate::message::{CheckpointCert, Message, NewView, PreparedCert, PrePrepare, Signed, SignedRequest, ViewChange, Vote, Checkpoint};
+use crate::types::{ClientId, Digest, ReplicaId, Seq, View};
+use crate::verify::Reject;
+use crate::{Action, Event};
+
+/// What a replica is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Ordering requests in its view.
+    Normal,
+    /// Waiting for NEW-VIEW of its (new) view.
+    ViewChanging,
+    /// Restarted without state: catching up from peers, casting no vote until a view change
+    /// after its restart (see `docs/adr/002-amnesia-recovery.md`).
+    Recovering,
+}
+
+/// Counters a runtime exports as metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Batches executed (including null batches).
+    pub executed_batches: u64,
+    /// Requests executed.
+    pub executed_requests: u64,
+    /// Views this replica entered after view 0.
+    pub views_entered: u64,
+    /// View changes this replica started.
+    pub view_changes_started: u64,
+    /// Snapshots installed by state transfer.
+    pub snapshots_installed: u64,
+    /// Batches received by state transfer.
+    pub batches_fetched: u64,
+    /// Stable checkpoints reached.
+    pub stable_checkpoints: u64,
+    /// Rejected inputs by reason label.
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+/// One sequence number's agreement state in the current view.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Slot {
+    /// The accepted pre-prepare of the current view.
+    pub(crate) pre_prepare: Option<Signed<PrePrepare>>,
+    /// Prepares of the current view, one per replica.
+    pub(crate) prepares: BTreeMap<ReplicaId, Signed<Vote>>,
+    /// Commits of the current view, one per replica.
+    pub(crate) commits: BTreeMap<ReplicaId, Signed<Vote>>,
+    /// Whether this replica sent its commit in the current view.
+    pub(crate) sent_commit: bool,
+    /// The highest-view prepared certificate this replica holds (survives view changes).
+    pub(crate) prepared_cert: Option<PreparedCert>,
+    /// The committed batch and its commit certificate, once committed.
+    pub(crate) committed: Option<crate::message::CommittedBatch>,
+}
+
+/// A pending client request.
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub(crate) request: SignedRequest,
+    pub(crate) arrived_ms: u64,
+}
+
+/// The batch handed to the service and not yet reported executed.
+#[derive(Clone, Debug)]
+pub(crate) struct InFlight {
+    pub(crate) seq: Seq,
+    pub(crate) view: View,
+    pub(crate) keys: Vec<(ClientId, u64)>,
+    pub(crate) snapshot: bool,
+}
+
+/// An outstanding state-transfer request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FetchState {
+    pub(crate) peer: ReplicaId,
+    pub(crate) deadline_ms: u64,
+}
+
+/// A PBFT / Multi-Paxos replica. See the crate documentation for the event/action contract.
+pub struct Replica {
+    pub(crate) cfg: Config,
+    pub(crate) id: ReplicaId,
+    pub(crate) auth: Arc<dyn Authenticator>,
+    pub(crate) now_ms: u64,
+
+    pub(crate) view: View,
+    pub(crate) status: Status,
+    /// While set, the replica is recovering from amnesia: it votes only after entering a view
+    /// above this one.
+    pub(crate) recovering_floor: Option<View>,
+
+    // Normal case.
+    pub(crate) slots: BTreeMap<Seq, Slot>,
+    pub(crate) next_seq: Seq,
+    pub(crate) last_executed: Seq,
+    pub(crate) in_flight: Option<InFlight>,
+    pub(crate) last_progress_ms: u64,
+    pub(crate) future: VecDeque<Message>,
+
+    // Clients.
+    pub(crate) clients: ClientTable,
+    pub(crate) pending: BTreeMap<(ClientId, u64), Pending>,
+    pub(crate) arrivals: BTreeSet<(u64, ClientId, u64)>,
+    pub(crate) pending_per_client: BTreeMap<ClientId, u32>,
+    pub(crate) queue: VecDeque<(ClientId, u64)>,
+    pub(crate) proposed: BTreeSet<(ClientId, u64)>,
+
+    // Checkpoints.
+    pub(crate) stable: CheckpointCert,
+    pub(crate) stable_state: Option<(Vec<u8>, Vec<u8>)>,
+    pub(crate) own_checkpoints: BTreeMap<Seq, (Digest, Vec<u8>, Vec<u8>)>,
+    pub(crate) checkpoint_votes: BTreeMap<Seq, BTreeMap<ReplicaId, Signed<Checkpoint>>>,
+    pub(crate) ahead_checkpoints: BTreeMap<ReplicaId, Seq>,
+    pub(crate) checkpoint_resend_ms: u64,
+
+    // View change.
+    pub(crate) view_start_ms: u64,
+    pub(crate) vc_timeout_ms: u64,
+    pub(crate) vc_deadline_ms: Option<u64>,
+    pub(crate) latest_vc: BTreeMap<ReplicaId, Signed<ViewChange>>,
+    pub(crate) new_view: Option<Signed<NewView>>,
+    pub(crate) sent_new_view: Option<View>,
+
+    // State transfer.
+    pub(crate) fetch: Option<FetchState>,
+    pub(crate) fetch_target: Seq,
+
+    pub(crate) stats: Stats,
+    pub(crate) out: Vec<Action>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.id)
+            .field("view", &self.view)
+            .field("status", &self.status)
+            .field("last_executed", &self.last_executed)
+            .field("stable", &self.stable.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// A replica starting a fresh cluster (view 0, genesis state).
+    pub fn new(
+        config: Config,
+        id: ReplicaId,
+        auth: Arc<dyn Authenticator>,
+    ) -> Result<Replica, ConfigError> {
+        config.validate()?;
+        if id >= config.n {
+            return Err(ConfigError::Invalid { field: "id", why: format!("{id} >= n={}", config.n) });
+        }
+        let vc_timeout_ms = config.view_change_timeout_ms;
+        Ok(Replica {
+            cfg: config,
+            id,
+            auth,
+            now_ms: 0,
+            view: 0,
+            status: Status::Normal,
+            recovering_floor: None,
+            slots: BTreeMap::new(),
+            next_seq: 1,
+            last_executed: 0,
+            in_flight: None,
+            last_progress_ms: 0,
+            future: VecDeque::new(),
+            clients: ClientTable::default(),
+            pending: BTreeMap::new(),
+            arrivals: BTreeSet::new(),
+            pending_per_client: BTreeMap::new(),
+            queue: VecDeque::new(),
+            proposed: BTreeSet::new(),
+            stable: CheckpointCert { seq: 0, state_digest: Digest::default(), proof: Vec::new() },
+            stable_state: None,
+            own_checkpoints: BTreeMap::new(),
+            checkpoint_votes: BTreeMap::new(),
+            ahead_checkpoints: BTreeMap::new(),
+            checkpoint_resend_ms: 0,
+            view_start_ms: 0,
+            vc_timeout_ms,
+            vc_deadline_ms: None,
+            latest_vc: BTreeMap::new(),
+            new_view: None,
+            sent_new_view: None,
+            fetch: None,
+            fetch_target: 0,
+            stats: Stats::default(),
+            out: Vec::new(),
+        })
+    }
+
+    /// A replica restarted without its state (memory mode): it catches up from peers and casts no
+    /// vote until it has entered a view newer than any it may have voted in before.
+    pub fn restarted(
+        config: Config,
+        id: ReplicaId,
+        auth: Arc<dyn Authenticator>,
+        now_ms: u64,
+    ) -> Result<Replica, ConfigError> {
+        let mut r = Replica::new(config, id, auth)?;
+        r.status = Status::Recovering;
+        r.recovering_floor = Some(0);
+        r.now_ms = now_ms;
+        r.last_progress_ms = now_ms;
+        // Ask a peer at the first tick.
+        r.fetch_target = 1;
+        Ok(r)
+    }
+
+    /// Feed one event at time `now_ms` (monotonic milliseconds); actions are appended to `out`.
+    pub fn handle(&mut self, now_ms: u64, event: Event, out: &mut Vec<Action>) {
+        self.now_ms = self.now_ms.max(now_ms);
+        match event {
+            Event::Request(r) => self.on_request(r),
+            Event::Message(m) => self.on_message(m),
+            Event::ProvenFault { from, view } => self.on_proven_fault(from, view),
+            Event::Executed { seq, results, snapshot } => self.on_executed(seq, results, snapshot),
+            Event::Tick => self.on_tick(),
+        }
+        out.append(&mut self.out);
+    }
+
+    /// Count an input the caller rejected before it reached the engine (for [`Stats`]).
+    pub fn note_rejected(&mut self, reason: Reject) {
+        self.reject(reason);
+    }
+
+    /// The earliest time at which [`Event::Tick`] has work to do.
+    pub fn next_deadline(&self) -> Option<u64> {
+        [
+            self.request_deadline(),
+            self.vc_deadline_ms,
+            self.fetch_deadline(),
+            self.checkpoint_resend_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// This replica's index.
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+    /// Current view.
+    pub fn view(&self) -> View {
+        self.view
+    }
+    /// Current status.
+    pub fn status(&self) -> Status {
+        if self.recovering_floor.is_some() {
+            Status::Recovering
+        } else {
+            self.status
+        }
+    }
+    /// Whether this replica leads its current view.
+    pub fn is_leader(&self) -> bool {
+        self.cfg.leader(self.view) == self.id
+    }
+    /// Last sequence number executed (reported by [`Event::Executed`] or installed).
+    pub fn last_executed(&self) -> Seq {
+        self.last_executed
+    }
+    /// Sequence number of the last stable checkpoint.
+    pub fn stable_checkpoint(&self) -> Seq {
+        self.stable.seq
+    }
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    /// Requests held and not yet executed.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub(crate) fn reject(&mut self, reason: Reject) {
+        *self.stats.rejected.entry(reason.as_str()).or_insert(0) += 1;
+    }
+
+    /// Whether this replica may cast votes (not recovering from amnesia).
+    pub(crate) fn may_vote(&self) -> bool {
+        self.recovering_floor.is_none()
+    }
+
+    pub(crate) fn sign_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        self.auth.sign(bytes)
+    }
+
+    pub(crate) fn broadcast(&mut self, message: Message) {
+        self.out.push(Action::Broadcast { message });
+    }
+
+    pub(crate) fn send(&mut self, to: ReplicaId, message: Message) {
+        self.out.push(Action::Send { to, message });
+    }
+
+    fn on_message(&mut self, m: Message) {
+        if m.from() >= self.cfg.n || m.from() == self.id {
+            self.reject(Reject::UnknownSender);
+            return;
+        }
+        match m {
+            Message::PrePrepare(pp) => self.on_pre_prepare(pp),
+            Message::Prepare(v) => self.on_prepare(v),
+            Message::Commit(v) => self.on_commit(v),
+            Message::Checkpoint(c) => self.on_checkpoint(c),
+            Message::ViewChange(vc) => self.on_view_change(vc),
+            Message::NewView(nv) => self.on_new_view(nv),
+            Message::Fetch(f) => self.on_fetch(f),
+            Message::FetchReply(r) => self.on_fetch_reply(r),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.tick_view_change();
+        self.tick_requests();
+        self.tick_fetch();
+        self.tick_checkpoints();
+    }
+}

@@ -1,0 +1,373 @@
+//! Signature and structure checks that need no replica state.
+//!
+//! These are pure functions of the configuration, the keys and the message, so the runtime runs
+//! them on a pool of threads before a message reaches the engine. They check every signature a
+//! message carries (including the votes inside certificates), digests against batches, sizes,
+//! and the quorum size and signer distinctness of certificates. The engine then checks what
+//! depends on its state (view, watermarks, duplicates).
+
+use std::collections::BTreeSet;
+
+use crate::auth::{Authenticator, VerifyItem};
+use crate::config::Config;
+use crate::message::{
+    batch_digest, vote_signing_bytes, CheckpointCert, CommittedBatch, Message, Phase, PrePrepare,
+    PreparedCert, Signable, Signed, SignedRequest, ViewChange, Vote,
+};
+use crate::types::{Principal, ReplicaId, View};
+
+/// Why a message or request was rejected; `as_str` names the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reject {
+    /// Sender index out of range.
+    UnknownSender,
+    /// Outer signature does not verify.
+    BadSignature,
+    /// A signature inside a certificate does not verify.
+    BadCertificateSignature,
+    /// Batch digest does not match the batch.
+    DigestMismatch,
+    /// A request in a batch has a bad client authenticator.
+    BadClientAuth,
+    /// Too many requests or bytes.
+    TooLarge,
+    /// The same request twice in one batch.
+    DuplicateRequest,
+    /// A certificate has too few distinct valid signers or mismatching votes.
+    BadCertificate,
+    /// A message from a replica that is not the leader of its view claims to lead.
+    NotLeader,
+    /// View or sequence number outside the accepted window.
+    OutOfWindow,
+    /// A message for an older view.
+    StaleView,
+    /// A second, different vote or proposal from one replica for one slot.
+    Conflicting,
+    /// A vote already counted.
+    Duplicate,
+    /// A NEW-VIEW whose proposals differ from the recomputation.
+    BadNewView,
+    /// A state-transfer reply that does not match its certificates.
+    BadStateTransfer,
+    /// A client exceeded its pending-request bound.
+    ClientOverLimit,
+    /// Total pending requests at the bound.
+    PendingFull,
+    /// A message the replica is not in a state to use (e.g. votes while recovering).
+    Unexpected,
+}
+
+impl Reject {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::UnknownSender => "unknown_sender",
+            Reject::BadSignature => "bad_signature",
+            Reject::BadCertificateSignature => "bad_certificate_signature",
+            Reject::DigestMismatch => "digest_mismatch",
+            Reject::BadClientAuth => "bad_client_auth",
+            Reject::TooLarge => "too_large",
+            Reject::DuplicateRequest => "duplicate_request",
+            Reject::BadCertificate => "bad_certificate",
+            Reject::NotLeader => "not_leader",
+            Reject::OutOfWindow => "out_of_window",
+            Reject::StaleView => "stale_view",
+            Reject::Conflicting => "conflicting",
+            Reject::Duplicate => "duplicate",
+            Reject::BadNewView => "bad_new_view",
+            Reject::BadStateTransfer => "bad_state_transfer",
+            Reject::ClientOverLimit => "client_over_limit",
+            Reject::PendingFull => "pending_full",
+            Reject::Unexpected => "unexpected",
+        }
+    }
+}
+
+/// A rejected message, and whom its valid signature proves faulty, if anyone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Why.
+    pub reason: Reject,
+    /// `(signer, view)` when the signer's valid signature covers the invalid content; feed it
+    /// to the engine as [`crate::Event::ProvenFault`].
+    pub blame: Option<(ReplicaId, View)>,
+}
+
+impl From<Reject> for Rejection {
+    fn from(reason: Reject) -> Self {
+        Rejection { reason, blame: None }
+    }
+}
+
+/// Check a client request's size and authenticator.
+pub fn verify_request(
+    config: &Config,
+    auth: &dyn Authenticator,
+    request: &SignedRequest,
+) -> Result<(), Reject> {
+    if request.request.op.len() > config.request_bytes_max as usize {
+        return Err(Reject::TooLarge);
+    }
+    let bytes = request.request.signing_bytes();
+    if !auth.verify(Principal::Client(request.request.client), &bytes, &request.auth) {
+        return Err(Reject::BadClientAuth);
+    }
+    Ok(())
+}
+
+/// Check a replica message completely except for state-dependent rules.
+pub fn verify_message(
+    config: &Config,
+    auth: &dyn Authenticator,
+    message: &Message,
+) -> Result<(), Rejection> {
+    let from = message.from();
+    if from >= config.n {
+        return Err(Reject::UnknownSender.into());
+    }
+    if !auth.verify(Principal::Replica(from), &message.signing_bytes(), message.signature()) {
+        return Err(Reject::BadSignature.into());
+    }
+    match message {
+        Message::PrePrepare(m) => {
+            if config.leader(m.body.view) != from {
+                return Err(Reject::NotLeader.into());
+            }
+            check_batch(config, auth, &m.body).map_err(|reason| Rejection {
+                reason,
+                // The leader signed the digest; a digest that does not match the batch may be
+                // tampering in transit, anything else the leader signed itself.
+                blame: (reason != Reject::DigestMismatch).then_some((from, m.body.view)),
+            })
+        }
+        Message::Prepare(m) => {
+            if config.leader(m.body.view) == from {
+                // PBFT 4.2: the leader's pre-prepare is its prepare; it sends no PREPARE.
+                return Err(Reject::NotLeader.into());
+            }
+            Ok(())
+        }
+        Message::Commit(_) | Message::Checkpoint(_) | Message::Fetch(_) => Ok(()),
+        Message::ViewChange(m) => Ok(check_view_change(config, auth, &m.body)?),
+        Message::NewView(m) => {
+            let nv = &m.body;
+            if config.leader(nv.view) != from {
+                return Err(Reject::NotLeader.into());
+            }
+            let mut senders = BTreeSet::new();
+            for vc in &nv.view_changes {
+                if vc.body.new_view != nv.view || vc.from >= config.n || !senders.insert(vc.from) {
+                    return Err(Reject::BadNewView.into());
+                }
+                if !auth.verify(Principal::Replica(vc.from), &vc.body.signing_bytes(), &vc.sig) {
+                    return Err(Reject::BadCertificateSignature.into());
+                }
+                check_view_change(config, auth, &vc.body)?;
+            }
+            if senders.len() < config.quorum() {
+                return Err(Reject::BadNewView.into());
+            }
+            for pp in &nv.pre_prepares {
+                if pp.view != nv.view {
+                    return Err(Reject::BadNewView.into());
+                }
+                check_batch(config, auth, pp)?;
+            }
+            Ok(())
+        }
+        Message::FetchReply(m) => {
+            let r = &m.body;
+            if let Some(s) = &r.snapshot {
+                check_checkpoint_cert(config, auth, &s.checkpoint)?;
+                let digest = crate::message::StateSnapshot::state_digest(&s.service, &s.clients);
+                if digest != s.checkpoint.state_digest {
+                    return Err(Reject::BadStateTransfer.into());
+                }
+            }
+            if r.batches.len() > config.fetch_batches_max as usize {
+                return Err(Reject::TooLarge.into());
+            }
+            for b in &r.batches {
+                check_committed_batch(config, auth, b)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Limits, digest, request authenticators and distinctness of a proposed batch.
+pub fn check_batch(
+    config: &Config,
+    auth: &dyn Authenticator,
+    pp: &PrePrepare,
+) -> Result<(), Reject> {
+    if pp.batch.len() > config.batch_requests_max as usize {
+        return Err(Reject::TooLarge);
+    }
+    if batch_digest(&pp.batch) != pp.batch_digest {
+        return Err(Reject::DigestMismatch);
+    }
+    let mut bytes = 0usize;
+    let mut seen = BTreeSet::new();
+    for r in &pp.batch {
+        bytes += r.request.size();
+        if r.request.op.len() > config.request_bytes_max as usize {
+            return Err(Reject::TooLarge);
+        }
+        if r.request.read_only {
+            // Reads are never ordered as such; a client's fallback re-sends them as ordered.
+            return Err(Reject::BadClientAuth);
+        }
+        if !seen.insert((r.request.client, r.request.req_seq)) {
+            return Err(Reject::DuplicateRequest);
+        }
+    }
+    if bytes > config.batch_bytes_max as usize {
+        return Err(Reject::TooLarge);
+    }
+    let signed: Vec<Vec<u8>> = pp.batch.iter().map(|r| r.request.signing_bytes()).collect();
+    let items: Vec<VerifyItem<'_>> = pp
+        .batch
+        .iter()
+        .zip(&signed)
+        .map(|(r, bytes)| VerifyItem {
+            signer: Principal::Client(r.request.client),
+            bytes,
+            sig: &r.auth,
+        })
+        .collect();
+    if !auth.verify_batch(&items) {
+        return Err(Reject::BadClientAuth);
+    }
+    Ok(())
+}
+
+fn check_votes(
+    config: &Config,
+    auth: &dyn Authenticator,
+    phase: Phase,
+    expected: &Vote,
+    votes: &[Signed<Vote>],
+    exclude: Option<ReplicaId>,
+    need: usize,
+) -> Result<(), Rejection> {
+    let mut signers = BTreeSet::new();
+    let bytes: Vec<Vec<u8>> = votes.iter().map(|v| vote_signing_bytes(phase, &v.body)).collect();
+    for v in votes {
+        if v.body != *expected || v.from >= config.n || Some(v.from) == exclude {
+            return Err(Reject::BadCertificate.into());
+        }
+        if !signers.insert(v.from) {
+            return Err(Reject::BadCertificate.into());
+        }
+    }
+    if signers.len() < need {
+        return Err(Reject::BadCertificate.into());
+    }
+    let items: Vec<VerifyItem<'_>> = votes
+        .iter()
+        .zip(&bytes)
+        .map(|(v, b)| VerifyItem { signer: Principal::Replica(v.from), bytes: b, sig: &v.sig })
+        .collect();
+    if !auth.verify_batch(&items) {
+        return Err(Reject::BadCertificateSignature.into());
+    }
+    Ok(())
+}
+
+/// A checkpoint certificate: genesis (seq 0, no proof) or a quorum of matching signatures.
+pub fn check_checkpoint_cert(
+    config: &Config,
+    auth: &dyn Authenticator,
+    cert: &CheckpointCert,
+) -> Result<(), Rejection> {
+    if cert.seq == 0 {
+        return if cert.proof.is_empty() { Ok(()) } else { Err(Reject::BadCertificate.into()) };
+    }
+    if cert.seq % config.checkpoint_interval != 0 {
+        return Err(Reject::BadCertificate.into());
+    }
+    let mut signers = BTreeSet::new();
+    for c in &cert.proof {
+        if c.body.seq != cert.seq
+            || c.body.state_digest != cert.state_digest
+            || c.from >= config.n
+            || !signers.insert(c.from)
+        {
+            return Err(Reject::BadCertificate.into());
+        }
+    }
+    if signers.len() < config.quorum() {
+        return Err(Reject::BadCertificate.into());
+    }
+    let bytes: Vec<Vec<u8>> = cert.proof.iter().map(|c| c.body.signing_bytes()).collect();
+    let items: Vec<VerifyItem<'_>> = cert
+        .proof
+        .iter()
+        .zip(&bytes)
+        .map(|(c, b)| VerifyItem { signer: Principal::Replica(c.from), bytes: b, sig: &c.sig })
+        .collect();
+    if !auth.verify_batch(&items) {
+        return Err(Reject::BadCertificateSignature.into());
+    }
+    Ok(())
+}
+
+/// A prepared certificate: a leader-signed pre-prepare with a valid batch and, in Byzantine
+/// mode, quorum-1 matching prepares from other replicas.
+pub fn check_prepared_cert(
+    config: &Config,
+    auth: &dyn Authenticator,
+    cert: &PreparedCert,
+) -> Result<(), Rejection> {
+    let pp = &cert.pre_prepare;
+    let leader = config.leader(pp.body.view);
+    if pp.from != leader {
+        return Err(Reject::BadCertificate.into());
+    }
+    if !auth.verify(Principal::Replica(leader), &pp.body.signing_bytes(), &pp.sig) {
+        return Err(Reject::BadCertificateSignature.into());
+    }
+    check_batch(config, auth, &pp.body)?;
+    let vote = Vote { view: pp.body.view, seq: pp.body.seq, batch_digest: pp.body.batch_digest };
+    let need = if config.has_prepare_phase() { config.quorum() - 1 } else { 0 };
+    check_votes(config, auth, Phase::Prepare, &vote, &cert.prepares, Some(leader), need)
+}
+
+/// A committed batch: valid batch and a quorum of matching commits.
+pub fn check_committed_batch(
+    config: &Config,
+    auth: &dyn Authenticator,
+    b: &CommittedBatch,
+) -> Result<(), Rejection> {
+    check_batch(config, auth, &b.pre_prepare)?;
+    let pp = &b.pre_prepare;
+    let vote = Vote { view: pp.view, seq: pp.seq, batch_digest: pp.batch_digest };
+    check_votes(config, auth, Phase::Commit, &vote, &b.commits, None, config.quorum())
+}
+
+/// Every certificate in a view change, and its window rules.
+pub fn check_view_change(
+    config: &Config,
+    auth: &dyn Authenticator,
+    vc: &ViewChange,
+) -> Result<(), Rejection> {
+    check_checkpoint_cert(config, auth, &vc.checkpoint)?;
+    let low = vc.checkpoint.seq;
+    let mut seqs = BTreeSet::new();
+    if vc.prepared.len() as u64 > config.watermark_window {
+        return Err(Reject::TooLarge.into());
+    }
+    for p in &vc.prepared {
+        let b = &p.pre_prepare.body;
+        if b.view >= vc.new_view
+            || b.seq <= low
+            || b.seq > low + config.watermark_window
+            || !seqs.insert(b.seq)
+        {
+            return Err(Reject::BadCertificate.into());
+        }
+        check_prepared_cert(config, auth, p)?;
+    }
+    Ok(())
+}
