@@ -1,0 +1,260 @@
+//! Byzantine replicas: the real engine with its outbound traffic mutated or filtered.
+//!
+//! A Byzantine replica holds only its own key, so anything it re-signs is signed as itself;
+//! "forged" messages claim another sender with a garbage signature.
+
+use std::collections::VecDeque;
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use shieldwall_core::message::{batch_digest, encode};
+use shieldwall_core::{Authenticator, ClientId, Digest, Message, ReplicaId, Reply, SimAuth};
+
+/// A Byzantine replica's behaviour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaFault {
+    /// As leader, sends half the followers a different batch (reordered or cut) for a sequence
+    /// number, correctly signed.
+    Equivocate,
+    /// Sends prepares, commits and checkpoints for random digests to some peers, and wrong
+    /// results to clients.
+    ConflictingVotes,
+    /// Sends every message two or three times.
+    DuplicateVotes,
+    /// Replays messages it sent earlier (old views and sequence numbers).
+    ReplayVotes,
+    /// Pre-prepares whose digest does not match the batch, votes for the empty batch's digest.
+    WrongDigest,
+    /// Messages claiming another replica as sender, or with a garbage signature.
+    ForgeSignatures,
+    /// Random, truncated and bit-flipped bytes.
+    GarbageBytes,
+    /// Drops everything it would send.
+    Silent,
+    /// Correct, but every link to or from it is slow (it is not counted as faulty).
+    Slow,
+    /// Drops requests from one client and never proposes them.
+    CensorClient(ClientId),
+}
+
+impl ReplicaFault {
+    /// Whether the replica still follows the protocol (its executions are checked).
+    pub fn is_honest(self) -> bool {
+        self == ReplicaFault::Slow
+    }
+}
+
+const REPLAY_BUFFER: usize = 64;
+
+/// State of one Byzantine replica's mutator.
+#[derive(Debug)]
+pub struct Byzantine {
+    fault: ReplicaFault,
+    id: ReplicaId,
+    n: u32,
+    auth: SimAuth,
+    rng: ChaCha8Rng,
+    sent: VecDeque<Message>,
+}
+
+fn set_sig(message: &mut Message, sig: Vec<u8>) {
+    match message {
+        Message::PrePrepare(m) => m.sig = sig,
+        Message::Prepare(m) | Message::Commit(m) => m.sig = sig,
+        Message::Checkpoint(m) => m.sig = sig,
+        Message::ViewChange(m) => m.sig = sig,
+        Message::NewView(m) => m.sig = sig,
+        Message::Fetch(m) => m.sig = sig,
+        Message::FetchReply(m) => m.sig = sig,
+    }
+}
+
+fn set_from(message: &mut Message, from: ReplicaId) {
+    match message {
+        Message::PrePrepare(m) => m.from = from,
+        Message::Prepare(m) | Message::Commit(m) => m.from = from,
+        Message::Checkpoint(m) => m.from = from,
+        Message::ViewChange(m) => m.from = from,
+        Message::NewView(m) => m.from = from,
+        Message::Fetch(m) => m.from = from,
+        Message::FetchReply(m) => m.from = from,
+    }
+}
+
+impl Byzantine {
+    /// The mutator of replica `id` with behaviour `fault`.
+    pub fn new(
+        fault: ReplicaFault,
+        id: ReplicaId,
+        n: u32,
+        auth: SimAuth,
+        rng: ChaCha8Rng,
+    ) -> Byzantine {
+        Byzantine {
+            fault,
+            id,
+            n,
+            auth,
+            rng,
+            sent: VecDeque::new(),
+        }
+    }
+
+    /// The behaviour.
+    pub fn fault(&self) -> ReplicaFault {
+        self.fault
+    }
+
+    fn resign(&self, message: &mut Message) {
+        let sig = self.auth.sign(&message.signing_bytes());
+        set_sig(message, sig);
+    }
+
+    fn random_digest(&mut self) -> Digest {
+        Digest(self.rng.gen())
+    }
+
+    /// Whether the replica drops an inbound request from `client`.
+    pub fn drops_request_from(&self, client: ClientId) -> bool {
+        self.fault == ReplicaFault::CensorClient(client)
+    }
+
+    /// The byte strings actually sent to `to` instead of `message`.
+    pub fn outbound(&mut self, to: ReplicaId, message: &Message) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        match self.fault {
+            ReplicaFault::Slow | ReplicaFault::CensorClient(_) => out.push(encode(message)),
+            ReplicaFault::Silent => {}
+            ReplicaFault::Equivocate => {
+                let mut m = message.clone();
+                if let Message::PrePrepare(pp) = &mut m {
+                    if to % 2 == 1 && !pp.body.batch.is_empty() {
+                        if pp.body.batch.len() >= 2 {
+                            pp.body.batch.reverse();
+                        } else {
+                            pp.body.batch.clear();
+                        }
+                        pp.body.batch_digest = batch_digest(&pp.body.batch);
+                        self.resign(&mut m);
+                    }
+                }
+                out.push(encode(&m));
+            }
+            ReplicaFault::ConflictingVotes => {
+                let mut m = message.clone();
+                let flip = self.rng.gen_bool(0.5);
+                match &mut m {
+                    Message::Prepare(v) | Message::Commit(v) if flip => {
+                        v.body.batch_digest = self.random_digest();
+                    }
+                    Message::Checkpoint(c) if flip => c.body.state_digest = self.random_digest(),
+                    _ => {}
+                }
+                self.resign(&mut m);
+                out.push(encode(&m));
+            }
+            ReplicaFault::DuplicateVotes => {
+                let bytes = encode(message);
+                let copies = self.rng.gen_range(2..=3);
+                out.extend(std::iter::repeat_n(bytes, copies));
+            }
+            ReplicaFault::ReplayVotes => {
+                out.push(encode(message));
+                if !self.sent.is_empty() && self.rng.gen_bool(0.5) {
+                    let i = self.rng.gen_range(0..self.sent.len());
+                    out.push(encode(&self.sent[i]));
+                }
+                if self.rng.gen_bool(0.2) {
+                    if self.sent.len() >= REPLAY_BUFFER {
+                        self.sent.pop_front();
+                    }
+                    self.sent.push_back(message.clone());
+                }
+            }
+            ReplicaFault::WrongDigest => {
+                let mut m = message.clone();
+                match &mut m {
+                    Message::PrePrepare(pp) => {
+                        pp.body.batch_digest = self.random_digest();
+                    }
+                    Message::Prepare(v) | Message::Commit(v) if self.rng.gen_bool(0.5) => {
+                        v.body.batch_digest = batch_digest(&[]);
+                    }
+                    _ => {}
+                }
+                self.resign(&mut m);
+                out.push(encode(&m));
+            }
+            ReplicaFault::ForgeSignatures => {
+                if self.rng.gen_bool(0.5) {
+                    out.push(encode(message));
+                }
+                let mut m = message.clone();
+                if self.rng.gen_bool(0.5) && self.n > 1 {
+                    let other = (self.id + self.rng.gen_range(1..self.n)) % self.n;
+                    set_from(&mut m, other);
+                }
+                let len = if self.rng.gen_bool(0.8) {
+                    32
+                } else {
+                    self.rng.gen_range(0..80)
+                };
+                let sig: Vec<u8> = (0..len).map(|_| self.rng.gen()).collect();
+                set_sig(&mut m, sig);
+                out.push(encode(&m));
+            }
+            ReplicaFault::GarbageBytes => {
+                if self.rng.gen_bool(0.5) {
+                    out.push(encode(message));
+                }
+                let mut bytes = encode(message);
+                match self.rng.gen_range(0..3) {
+                    0 => {
+                        let len = self.rng.gen_range(0..200);
+                        bytes = (0..len).map(|_| self.rng.gen()).collect();
+                    }
+                    1 => {
+                        for _ in 0..self.rng.gen_range(1..4) {
+                            if bytes.is_empty() {
+                                break;
+                            }
+                            let i = self.rng.gen_range(0..bytes.len());
+                            bytes[i] ^= 1 << self.rng.gen_range(0..8);
+                        }
+                    }
+                    _ => {
+                        let keep = self.rng.gen_range(0..=bytes.len());
+                        bytes.truncate(keep);
+                    }
+                }
+                out.push(bytes);
+            }
+        }
+        out
+    }
+
+    /// The bytes sent to a client instead of an encoded reply.
+    pub fn reply_bytes(&mut self, bytes: Vec<u8>) -> Vec<u8> {
+        if self.fault == ReplicaFault::GarbageBytes && self.rng.gen_bool(0.3) {
+            let len = self.rng.gen_range(0..64);
+            return (0..len).map(|_| self.rng.gen()).collect();
+        }
+        bytes
+    }
+
+    /// What replaces a reply to a client: `None` drops it.
+    pub fn reply(&mut self, mut reply: Reply) -> Option<Reply> {
+        match self.fault {
+            ReplicaFault::Silent => None,
+            ReplicaFault::ConflictingVotes
+            | ReplicaFault::ForgeSignatures
+            | ReplicaFault::WrongDigest => {
+                if self.rng.gen_bool(0.5) {
+                    reply.result = (0..8).map(|_| self.rng.gen()).collect();
+                }
+                Some(reply)
+            }
+            _ => Some(reply),
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! Simulated clients: correct ones (with a history for the linearizability checker) and
+//! Byzantine ones (bad authenticators, reused request numbers, floods).
+
+use std::collections::BTreeMap;
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use shieldwall_core::message::encode;
+use shieldwall_core::{Authenticator, ClientId, ReplicaId, Reply, Request, SignedRequest, SimAuth};
+
+use crate::checker::OpRecord;
+use crate::service::KvOp;
+
+/// How a client behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientKind {
+    /// Follows the protocol; its history is checked and its requests must complete.
+    Correct,
+    /// Sends requests with bad authenticators, or claiming another client's identity.
+    BadAuth,
+    /// Signs two different operations under one request number and sends them to different
+    /// replicas, and later replays request numbers with yet other operations.
+    ReusedSeq,
+    /// Sends bursts of requests well past the pending bounds, some far ahead of its window.
+    Flood,
+}
+
+/// Timing and load of a client.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientParams {
+    /// Operations to complete.
+    pub ops: u32,
+    /// Requests outstanding at once.
+    pub window: usize,
+    /// Retransmission period of ordered requests.
+    pub retransmit_ms: u64,
+    /// How long a read-only request waits before falling back to an ordered one.
+    pub read_timeout_ms: u64,
+    /// Replicas.
+    pub n: u32,
+    /// Matching replies for an ordered request.
+    pub reply_quorum: usize,
+    /// Matching replies for a read-only request.
+    pub read_quorum: usize,
+}
+
+/// What a client asks the world to do.
+#[derive(Clone, Debug)]
+pub enum ClientOut {
+    /// Send encoded `SignedRequest` bytes to a replica.
+    Send {
+        /// Destination replica.
+        to: ReplicaId,
+        /// Encoded request.
+        bytes: Vec<u8>,
+        /// The request, if validly signed (the validity checker counts it as submitted).
+        submitted: Option<Request>,
+    },
+    /// Wake the client at this time.
+    Wake(u64),
+}
+
+#[derive(Clone, Debug)]
+struct Outstanding {
+    op: KvOp,
+    read_only: bool,
+    invoke_ms: u64,
+    bytes: Vec<u8>,
+    replies: BTreeMap<ReplicaId, Vec<u8>>,
+    retransmit_at: u64,
+}
+
+/// A simulated client.
+#[derive(Debug)]
+pub struct Client {
+    id: ClientId,
+    kind: ClientKind,
+    auth: SimAuth,
+    params: ClientParams,
+    rng: ChaCha8Rng,
+    next_req_seq: u64,
+    ops_left: u32,
+    next_issue_ms: u64,
+    outstanding: BTreeMap<u64, Outstanding>,
+    history: Vec<OpRecord>,
+    /// Replies that did not decode or did not match.
+    pub bad_replies: u64,
+}
+
+const KEYS: u64 = 6;
+
+impl Client {
+    /// A client of `kind` in the cluster keyed by `cluster_seed`.
+    pub fn new(
+        id: ClientId,
+        kind: ClientKind,
+        cluster_seed: [u8; 32],
+        params: ClientParams,
+        rng: ChaCha8Rng,
+    ) -> Client {
+        Client {
+            id,
+            kind,
+            auth: SimAuth::new(shieldwall_core::Principal::Client(id), cluster_seed),
+            params,
+            rng,
+            next_req_seq: 1,
+            ops_left: params.ops,
+            next_issue_ms: 0,
+            outstanding: BTreeMap::new(),
+            history: Vec::new(),
+            bad_replies: 0,
+        }
+    }
+
+    /// The client's id.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// Whether the client follows the protocol.
+    pub fn is_correct(&self) -> bool {
+        self.kind == ClientKind::Correct
+    }
+
+    /// Whether every operation completed (correct clients) or every request went out.
+    pub fn done(&self) -> bool {
+        self.ops_left == 0 && (self.outstanding.is_empty() || !self.is_correct())
+    }
+
+    /// Completed operations.
+    pub fn history(&self) -> &[OpRecord] {
+        &self.history
+    }
+
+    /// Outstanding request numbers and their invocation times.
+    pub fn outstanding(&self) -> Vec<(u64, u64)> {
+        self.outstanding
+            .iter()
+            .map(|(s, o)| (*s, o.invoke_ms))
+            .collect()
+    }
+
+    fn sign(&self, request: Request) -> SignedRequest {
+        let auth = self.auth.sign(&request.signing_bytes());
+        SignedRequest { request, auth }
+    }
+
+    fn random_op(&mut self, req_seq: u64) -> KvOp {
+        let key = format!("k{}", self.rng.gen_range(0..KEYS)).into_bytes();
+        match self.rng.gen_range(0..100) {
+            0..=29 => KvOp::Get(key),
+            30..=64 => KvOp::Put(key, format!("c{}.{}", self.id, req_seq).into_bytes()),
+            _ => KvOp::Append(key, format!("{}.{};", self.id, req_seq).into_bytes()),
+        }
+    }
+
+    fn send_all(&self, bytes: &[u8], submitted: Option<&Request>, out: &mut Vec<ClientOut>) {
+        for to in 0..self.params.n {
+            out.push(ClientOut::Send {
+                to,
+                bytes: bytes.to_vec(),
+                submitted: submitted.cloned(),
+            });
+        }
+    }
+
+    /// Time passed: issue, retransmit, fall back.
+    pub fn wake(&mut self, now_ms: u64, out: &mut Vec<ClientOut>) {
+        match self.kind {
+            ClientKind::Correct => self.wake_correct(now_ms, out),
+            ClientKind::BadAuth => self.wake_bad_auth(now_ms, out),
+            ClientKind::ReusedSeq => self.wake_reused(now_ms, out),
+            ClientKind::Flood => self.wake_flood(now_ms, out),
+        }
+    }
+
+    fn issue(
+        &mut self,
+        now_ms: u64,
+        op: KvOp,
+        read_only: bool,
+        invoke_ms: u64,
+        out: &mut Vec<ClientOut>,
+    ) {
+        let req_seq = self.next_req_seq;
+        self.next_req_seq += 1;
+        let request = Request {
+            client: self.id,
+            req_seq,
+            read_only,
+            op: op.encode(),
+        };
+        let signed = self.sign(request.clone());
+        let bytes = encode(&signed);
+        self.send_all(&bytes, Some(&request), out);
+        let wait = if read_only {
+            self.params.read_timeout_ms
+        } else {
+            self.params.retransmit_ms
+        };
+        out.push(ClientOut::Wake(now_ms + wait));
+        self.outstanding.insert(
+            req_seq,
+            Outstanding {
+                op,
+                read_only,
+                invoke_ms,
+                bytes,
+                replies: BTreeMap::new(),
+                retransmit_at: now_ms + wait,
+            },
+        );
+    }
+
+    fn wake_correct(&mut self, now_ms: u64, out: &mut Vec<ClientOut>) {
+        // Retransmit ordered requests; turn timed-out reads into ordered requests.
+        let due: Vec<u64> = self
+            .outstanding
+            .iter()
+            .filter(|(_, o)| o.retransmit_at <= now_ms)
+            .map(|(s, _)| *s)
+            .collect();
+        for req_seq in due {
+            let Some(o) = self.outstanding.get_mut(&req_seq) else {
+                continue;
+            };
+            if o.read_only {
+                let Some(o) = self.outstanding.remove(&req_seq) else {
+                    continue;
+                };
+                self.issue(now_ms, o.op, false, o.invoke_ms, out);
+            } else {
+                o.retransmit_at = now_ms + self.params.retransmit_ms;
+                let bytes = o.bytes.clone();
+                out.push(ClientOut::Wake(o.retransmit_at));
+                self.send_all(&bytes, None, out);
+            }
+        }
+        while self.ops_left > 0
+            && self.outstanding.len() < self.params.window
+            && self.next_issue_ms <= now_ms
+        {
+            self.ops_left -= 1;
+            let op = self.random_op(self.next_req_seq);
+            // Reads go out read-only most of the time, ordered sometimes.
+            let read_only = op.is_read() && self.rng.gen_bool(0.7);
+            self.issue(now_ms, op, read_only, now_ms, out);
+            self.next_issue_ms = now_ms + self.rng.gen_range(0..20);
+        }
+        if self.ops_left > 0 && self.outstanding.len() < self.params.window {
+            out.push(ClientOut::Wake(self.next_issue_ms.max(now_ms + 1)));
+        }
+    }
+
+    fn wake_bad_auth(&mut self, now_ms: u64, out: &mut Vec<ClientOut>) {
+        if self.ops_left == 0 {
+            return;
+        }
+        self.ops_left -= 1;
+        let req_seq = self.next_req_seq;
+        self.next_req_seq += 1;
+        let op = self.random_op(req_seq);
+        let victim = self.rng.gen_range(0..3);
+        let client = if self.rng.gen_bool(0.5) {
+            self.id
+        } else {
+            victim
+        };
+        let request = Request {
+            client,
+            req_seq,
+            read_only: false,
+            op: op.encode(),
+        };
+        let auth = match self.rng.gen_range(0..3) {
+            // A signature by this client, claiming to be `client` (bad unless client == id,
+            // in which case corrupt it).
+            0 => {
+                let mut sig = self.auth.sign(&request.signing_bytes());
+                if client == self.id {
+                    if let Some(b) = sig.first_mut() {
+                        *b ^= 1;
+                    }
+                }
+                sig
+            }
+            1 => (0..32).map(|_| self.rng.gen()).collect(),
+            _ => Vec::new(),
+        };
+        let bytes = encode(&SignedRequest { request, auth });
+        self.send_all(&bytes, None, out);
+        out.push(ClientOut::Wake(now_ms + self.rng.gen_range(5..40)));
+    }
+
+    fn wake_reused(&mut self, now_ms: u64, out: &mut Vec<ClientOut>) {
+        if self.ops_left == 0 {
+            return;
+        }
+        self.ops_left -= 1;
+        // Mostly fresh numbers, sometimes an old one again with a new operation.
+        let req_seq = if self.next_req_seq > 2 && self.rng.gen_bool(0.3) {
+            self.rng.gen_range(1..self.next_req_seq)
+        } else {
+            self.next_req_seq += 1;
+            self.next_req_seq - 1
+        };
+        let a = Request {
+            client: self.id,
+            req_seq,
+            read_only: false,
+            op: self.random_op(req_seq).encode(),
+        };
+        let mut b = a.clone();
+        b.op = KvOp::Put(
+            b"k0".to_vec(),
+            format!("evil{}.{}", self.id, now_ms).into_bytes(),
+        )
+        .encode();
+        let (sa, sb) = (self.sign(a.clone()), self.sign(b.clone()));
+        let (ba, bb) = (encode(&sa), encode(&sb));
+        for to in 0..self.params.n {
+            let (bytes, req) = if to % 2 == 0 { (&ba, &a) } else { (&bb, &b) };
+            out.push(ClientOut::Send {
+                to,
+                bytes: bytes.clone(),
+                submitted: Some(req.clone()),
+            });
+        }
+        out.push(ClientOut::Wake(now_ms + self.rng.gen_range(10..60)));
+    }
+
+    fn wake_flood(&mut self, now_ms: u64, out: &mut Vec<ClientOut>) {
+        if self.ops_left == 0 {
+            return;
+        }
+        let burst = self.ops_left.min(40);
+        self.ops_left -= burst;
+        for _ in 0..burst {
+            let req_seq = if self.rng.gen_bool(0.1) {
+                self.next_req_seq + self.rng.gen_range(100..1_000_000)
+            } else {
+                self.next_req_seq += 1;
+                self.next_req_seq - 1
+            };
+            let request = Request {
+                client: self.id,
+                req_seq,
+                read_only: false,
+                op: self.random_op(req_seq).encode(),
+            };
+            let bytes = encode(&self.sign(request.clone()));
+            self.send_all(&bytes, Some(&request), out);
+        }
+        out.push(ClientOut::Wake(now_ms + self.rng.gen_range(100..400)));
+    }
+
+    /// A reply arrived from replica `from` (the simulated network authenticates the link).
+    pub fn on_reply(
+        &mut self,
+        now_ms: u64,
+        from: ReplicaId,
+        reply: Reply,
+        out: &mut Vec<ClientOut>,
+    ) {
+        if reply.client != self.id || reply.replica != from {
+            self.bad_replies += 1;
+            return;
+        }
+        if !self.is_correct() {
+            return;
+        }
+        let Some(o) = self.outstanding.get_mut(&reply.req_seq) else {
+            return;
+        };
+        if o.read_only != reply.read_only {
+            return;
+        }
+        o.replies.insert(from, reply.result);
+        let quorum = if o.read_only {
+            self.params.read_quorum
+        } else {
+            self.params.reply_quorum
+        };
+        let mut counts: BTreeMap<&[u8], usize> = BTreeMap::new();
+        let mut accepted = None;
+        for r in o.replies.values() {
+            let c = counts.entry(r.as_slice()).or_insert(0);
+            *c += 1;
+            if *c >= quorum {
+                accepted = Some(r.clone());
+                break;
+            }
+        }
+        let Some(result) = accepted else { return };
+        let Some(o) = self.outstanding.remove(&reply.req_seq) else {
+            return;
+        };
+        self.history.push(OpRecord {
+            client: self.id,
+            req_seq: reply.req_seq,
+            op: o.op,
+            read_only: o.read_only,
+            invoke_ms: o.invoke_ms,
+            response_ms: now_ms,
+            result,
+        });
+        self.wake_correct(now_ms, out);
+    }
+
+    /// The client's first wake-up.
+    pub fn start(&mut self, now_ms: u64, out: &mut Vec<ClientOut>) {
+        out.push(ClientOut::Wake(now_ms + self.rng.gen_range(0..10)));
+    }
+
+    /// Stop issuing new operations (the run is ending).
+    pub fn stop_issuing(&mut self) {
+        if !self.is_correct() {
+            self.ops_left = 0;
+        }
+    }
+}

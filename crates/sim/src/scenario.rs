@@ -1,0 +1,254 @@
+//! Named fault scenarios and the plan each one draws from a seed.
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use shieldwall_core::{Config, FaultModel, ReplicaId};
+
+use crate::byzantine::ReplicaFault;
+use crate::client::ClientKind;
+
+/// A fault scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// No faults; delays still reorder and occasionally duplicate messages.
+    Baseline,
+    /// Message loss, duplication and widely varying delays.
+    Lossy,
+    /// Replicas split into two sides (sometimes the leader alone), healed later.
+    Partition,
+    /// The current leader crashes, up to f times.
+    CrashLeader,
+    /// Replicas crash and restart without state (amnesia), one at a time.
+    CrashRestart,
+    /// f Byzantine leaders send different batches to different followers.
+    EquivocatingLeader,
+    /// f replicas vote for random digests and return wrong results.
+    ConflictingVotes,
+    /// f replicas send every message several times.
+    DuplicateVotes,
+    /// f replicas replay their own old messages.
+    ReplayedVotes,
+    /// f leaders send pre-prepares whose digest does not match their batch.
+    WrongDigest,
+    /// f replicas send messages under other replicas' names or with garbage signatures.
+    ForgedSignatures,
+    /// f replicas send random, truncated and bit-flipped bytes.
+    GarbageBytes,
+    /// f replicas are silent.
+    Silent,
+    /// f correct replicas behind very slow links.
+    SlowReplica,
+    /// f leaders drop one client's requests.
+    CensorClient,
+    /// A client sends requests with bad authenticators or another client's identity.
+    BadClientAuth,
+    /// A client signs different operations under one request number.
+    ReusedSeq,
+    /// A client floods requests beyond the pending bounds.
+    ClientFlood,
+}
+
+impl Scenario {
+    /// Every scenario.
+    pub const ALL: [Scenario; 18] = [
+        Scenario::Baseline,
+        Scenario::Lossy,
+        Scenario::Partition,
+        Scenario::CrashLeader,
+        Scenario::CrashRestart,
+        Scenario::EquivocatingLeader,
+        Scenario::ConflictingVotes,
+        Scenario::DuplicateVotes,
+        Scenario::ReplayedVotes,
+        Scenario::WrongDigest,
+        Scenario::ForgedSignatures,
+        Scenario::GarbageBytes,
+        Scenario::Silent,
+        Scenario::SlowReplica,
+        Scenario::CensorClient,
+        Scenario::BadClientAuth,
+        Scenario::ReusedSeq,
+        Scenario::ClientFlood,
+    ];
+
+    /// The scenario's command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Baseline => "baseline",
+            Scenario::Lossy => "lossy",
+            Scenario::Partition => "partition",
+            Scenario::CrashLeader => "crash-leader",
+            Scenario::CrashRestart => "crash-restart",
+            Scenario::EquivocatingLeader => "equivocating-leader",
+            Scenario::ConflictingVotes => "conflicting-votes",
+            Scenario::DuplicateVotes => "duplicate-votes",
+            Scenario::ReplayedVotes => "replayed-votes",
+            Scenario::WrongDigest => "wrong-digest",
+            Scenario::ForgedSignatures => "forged-signatures",
+            Scenario::GarbageBytes => "garbage-bytes",
+            Scenario::Silent => "silent",
+            Scenario::SlowReplica => "slow-replica",
+            Scenario::CensorClient => "censor-client",
+            Scenario::BadClientAuth => "bad-client-auth",
+            Scenario::ReusedSeq => "reused-seq",
+            Scenario::ClientFlood => "client-flood",
+        }
+    }
+
+    /// The scenario called `name`.
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The Byzantine behaviour of faulty replicas, if the scenario has Byzantine replicas.
+    pub fn replica_fault(self) -> Option<ReplicaFault> {
+        Some(match self {
+            Scenario::EquivocatingLeader => ReplicaFault::Equivocate,
+            Scenario::ConflictingVotes => ReplicaFault::ConflictingVotes,
+            Scenario::DuplicateVotes => ReplicaFault::DuplicateVotes,
+            Scenario::ReplayedVotes => ReplicaFault::ReplayVotes,
+            Scenario::WrongDigest => ReplicaFault::WrongDigest,
+            Scenario::ForgedSignatures => ReplicaFault::ForgeSignatures,
+            Scenario::GarbageBytes => ReplicaFault::GarbageBytes,
+            Scenario::Silent => ReplicaFault::Silent,
+            Scenario::SlowReplica => ReplicaFault::Slow,
+            Scenario::CensorClient => ReplicaFault::CensorClient(0),
+            _ => return None,
+        })
+    }
+
+    /// Whether the scenario applies under `model` (Byzantine replicas need Byzantine mode).
+    pub fn applies_to(self, model: FaultModel) -> bool {
+        model == FaultModel::Byzantine || self.replica_fault().is_none()
+    }
+
+    /// The scenarios that apply under `model`.
+    pub fn for_model(model: FaultModel) -> Vec<Scenario> {
+        Scenario::ALL
+            .into_iter()
+            .filter(|s| s.applies_to(model))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A partition between replicas: `side[r]` says which side replica r is on.
+#[derive(Clone, Debug)]
+pub(crate) struct Partition {
+    pub(crate) start_ms: u64,
+    pub(crate) end_ms: u64,
+    pub(crate) side: Vec<bool>,
+}
+
+/// Everything a run's faults consist of, drawn from the seed.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    pub(crate) byzantine: Vec<(ReplicaId, ReplicaFault)>,
+    pub(crate) clients: Vec<(ClientKind, u32)>,
+    pub(crate) loss: f64,
+    pub(crate) duplicate: f64,
+    pub(crate) delay_ms: (u64, u64),
+    pub(crate) slow_extra_ms: (u64, u64),
+    pub(crate) partitions: Vec<Partition>,
+    pub(crate) crash_leader_at: Vec<u64>,
+    pub(crate) crashes: Vec<(u64, ReplicaId)>,
+    pub(crate) restarts: Vec<(u64, ReplicaId)>,
+    pub(crate) fault_end_ms: u64,
+}
+
+pub(crate) fn plan(
+    scenario: Scenario,
+    cfg: &Config,
+    correct_clients: u32,
+    ops_per_client: u32,
+    rng: &mut ChaCha8Rng,
+) -> Plan {
+    let f = cfg.f;
+    let n = cfg.n;
+    let mut p = Plan {
+        byzantine: Vec::new(),
+        clients: (0..correct_clients)
+            .map(|_| (ClientKind::Correct, ops_per_client))
+            .collect(),
+        loss: 0.0,
+        duplicate: 0.01,
+        delay_ms: (1, 10),
+        slow_extra_ms: (200, 1000),
+        partitions: Vec::new(),
+        crash_leader_at: Vec::new(),
+        crashes: Vec::new(),
+        restarts: Vec::new(),
+        fault_end_ms: 1500,
+    };
+    if let Some(fault) = scenario.replica_fault() {
+        // Faults that matter most in a leader go to the leaders of the first views.
+        let leaders = matches!(
+            fault,
+            ReplicaFault::Equivocate | ReplicaFault::WrongDigest | ReplicaFault::CensorClient(_)
+        );
+        let mut ids: Vec<ReplicaId> = (0..n).collect();
+        if !leaders {
+            ids.shuffle(rng);
+        }
+        p.byzantine = ids
+            .into_iter()
+            .take(f as usize)
+            .map(|r| (r, fault))
+            .collect();
+    }
+    match scenario {
+        Scenario::Lossy => {
+            p.loss = rng.gen_range(0.05..0.25);
+            p.duplicate = rng.gen_range(0.0..0.1);
+            p.delay_ms = (1, rng.gen_range(10..80));
+        }
+        Scenario::Partition => {
+            let mut start = rng.gen_range(20..400);
+            for _ in 0..rng.gen_range(1..=2) {
+                let end = start + rng.gen_range(200..1200);
+                let side: Vec<bool> = if rng.gen_bool(0.4) {
+                    // Isolate the first leader.
+                    (0..n).map(|r| r == 0).collect()
+                } else {
+                    (0..n).map(|_| rng.gen_bool(0.5)).collect()
+                };
+                p.partitions.push(Partition {
+                    start_ms: start,
+                    end_ms: end,
+                    side,
+                });
+                start = end + rng.gen_range(50..300);
+            }
+            p.fault_end_ms = start.max(p.fault_end_ms);
+        }
+        Scenario::CrashLeader => {
+            let mut t = rng.gen_range(20..300);
+            for _ in 0..f {
+                p.crash_leader_at.push(t);
+                t += rng.gen_range(300..900);
+            }
+        }
+        Scenario::CrashRestart => {
+            let mut t = rng.gen_range(20..300);
+            for _ in 0..rng.gen_range(1..=3) {
+                let r = rng.gen_range(0..n);
+                let back = t + rng.gen_range(50..800);
+                p.crashes.push((t, r));
+                p.restarts.push((back, r));
+                t = back + rng.gen_range(50..400);
+            }
+            p.fault_end_ms = t.max(p.fault_end_ms);
+        }
+        Scenario::BadClientAuth => p.clients.push((ClientKind::BadAuth, 60)),
+        Scenario::ReusedSeq => p.clients.push((ClientKind::ReusedSeq, 60)),
+        Scenario::ClientFlood => p.clients.push((ClientKind::Flood, 400)),
+        _ => {}
+    }
+    p
+}

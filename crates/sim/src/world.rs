@@ -1,0 +1,786 @@
+//! The deterministic world: one thread, one seeded RNG per component, a simulated clock and an
+//! event queue ordered by (time, insertion counter).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use shieldwall_core::message::{decode, encode};
+use shieldwall_core::verify::{verify_message, verify_request};
+use shieldwall_core::{
+    Action, Authenticator, ClientId, Config, Digest, Event, Message, Principal, Replica, ReplicaId,
+    Reply, Request, SignedRequest, SimAuth,
+};
+
+use crate::byzantine::{Byzantine, ReplicaFault};
+use crate::checker::{check_linearizability, Checker};
+use crate::client::{Client, ClientOut, ClientParams};
+use crate::scenario::{plan, Plan, Scenario};
+use crate::service::KvService;
+use crate::{Injection, RunReport, SimParams};
+
+/// What happens at a point in simulated time.
+#[derive(Debug)]
+enum Payload {
+    /// Encoded `Message` bytes for a replica.
+    Peer {
+        to: ReplicaId,
+        bytes: Vec<u8>,
+    },
+    /// Encoded `SignedRequest` bytes from a client.
+    Request {
+        to: ReplicaId,
+        bytes: Vec<u8>,
+    },
+    /// Encoded `Reply` bytes from replica `from`.
+    Reply {
+        to: ClientId,
+        from: ReplicaId,
+        bytes: Vec<u8>,
+    },
+    Tick {
+        replica: ReplicaId,
+        incarnation: u32,
+    },
+    ClientWake {
+        client: ClientId,
+    },
+    CrashLeader,
+    Crash(ReplicaId),
+    Restart(ReplicaId),
+    EndFaults,
+}
+
+#[derive(Debug)]
+struct Queued {
+    at_ms: u64,
+    order: u64,
+    payload: Payload,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_ms, self.order) == (other.at_ms, other.order)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at_ms, self.order).cmp(&(other.at_ms, other.order))
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    replica: Option<Replica>,
+    service: KvService,
+    incarnation: u32,
+    tick_at: Option<u64>,
+    byzantine: Option<Byzantine>,
+    honest: bool,
+    slow: bool,
+    auth: Arc<SimAuth>,
+    /// Stats of earlier incarnations, folded in at crash time.
+    views_entered: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct World {
+    cfg: Config,
+    params: SimParams,
+    plan: Plan,
+    now_ms: u64,
+    order: u64,
+    queue: BinaryHeap<Reverse<Queued>>,
+    net_rng: ChaCha8Rng,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    checker: Checker,
+    clean: bool,
+    steps: u64,
+    decode_errors: u64,
+    rejected: BTreeMap<&'static str, u64>,
+}
+
+/// The simulator's timing and bounds.
+pub(crate) fn sim_config(n: u32, model: shieldwall_core::FaultModel) -> Config {
+    let mut cfg = Config::for_replicas(n, model);
+    cfg.request_timeout_ms = 200;
+    cfg.view_change_timeout_ms = 200;
+    cfg.view_change_timeout_max_ms = 3_200;
+    cfg.fetch_timeout_ms = 100;
+    cfg.checkpoint_interval = 8;
+    cfg.watermark_window = 32;
+    cfg.pipeline_window = 4;
+    cfg.batch_requests_max = 16;
+    cfg.client_pending_max = 8;
+    cfg.pending_max = 256;
+    cfg.fetch_batches_max = 16;
+    cfg
+}
+
+fn sub_rng(seed: u64, stream: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
+}
+
+impl World {
+    pub(crate) fn new(scenario: Scenario, params: SimParams) -> Result<World, String> {
+        let cfg = sim_config(params.n, params.fault_model);
+        cfg.validate().map_err(|e| format!("configuration: {e}"))?;
+        let mut plan_rng = sub_rng(params.seed, 1);
+        let plan = plan(
+            scenario,
+            &cfg,
+            params.clients,
+            params.ops_per_client,
+            &mut plan_rng,
+        );
+        let mut cluster_seed = [0u8; 32];
+        cluster_seed[..8].copy_from_slice(&params.seed.to_le_bytes());
+        let mut nodes = Vec::new();
+        for id in 0..cfg.n {
+            let auth = Arc::new(SimAuth::new(Principal::Replica(id), cluster_seed));
+            let replica = Replica::new(cfg.clone(), id, auth.clone() as Arc<dyn Authenticator>)
+                .map_err(|e| format!("replica {id}: {e}"))?;
+            let fault = plan
+                .byzantine
+                .iter()
+                .find(|(r, _)| *r == id)
+                .map(|(_, f)| *f);
+            let byzantine = fault.map(|f| {
+                Byzantine::new(
+                    f,
+                    id,
+                    cfg.n,
+                    (*auth).clone(),
+                    sub_rng(params.seed, 100 + u64::from(id)),
+                )
+            });
+            nodes.push(Node {
+                replica: Some(replica),
+                service: KvService::new(),
+                incarnation: 0,
+                tick_at: None,
+                honest: fault.is_none_or(ReplicaFault::is_honest),
+                slow: fault == Some(ReplicaFault::Slow),
+                byzantine,
+                auth,
+                views_entered: 0,
+            });
+        }
+        let client_params = |ops| ClientParams {
+            ops,
+            window: 2,
+            retransmit_ms: 300,
+            read_timeout_ms: 150,
+            n: cfg.n,
+            reply_quorum: cfg.reply_quorum(),
+            read_quorum: cfg.read_quorum(),
+        };
+        let clients = plan
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, ops))| {
+                Client::new(
+                    i as ClientId,
+                    *kind,
+                    cluster_seed,
+                    client_params(*ops),
+                    sub_rng(params.seed, 1000 + i as u64),
+                )
+            })
+            .collect();
+        let mut world = World {
+            cfg,
+            params,
+            plan,
+            now_ms: 0,
+            order: 0,
+            queue: BinaryHeap::new(),
+            net_rng: sub_rng(params.seed, 2),
+            nodes,
+            clients,
+            checker: Checker::new(),
+            clean: false,
+            steps: 0,
+            decode_errors: 0,
+            rejected: BTreeMap::new(),
+        };
+        world.schedule_plan();
+        Ok(world)
+    }
+
+    fn push(&mut self, at_ms: u64, payload: Payload) {
+        self.order += 1;
+        self.queue.push(Reverse(Queued {
+            at_ms,
+            order: self.order,
+            payload,
+        }));
+    }
+
+    fn schedule_plan(&mut self) {
+        let plan = self.plan.clone();
+        for t in &plan.crash_leader_at {
+            self.push(*t, Payload::CrashLeader);
+        }
+        for (t, r) in &plan.crashes {
+            self.push(*t, Payload::Crash(*r));
+        }
+        for (t, r) in &plan.restarts {
+            self.push(*t, Payload::Restart(*r));
+        }
+        self.push(plan.fault_end_ms, Payload::EndFaults);
+        for c in 0..self.clients.len() {
+            let mut out = Vec::new();
+            self.clients[c].start(0, &mut out);
+            self.client_out(c as ClientId, out);
+        }
+        for r in 0..self.cfg.n {
+            self.reschedule_tick(r);
+        }
+    }
+
+    // ---- network -------------------------------------------------------------------------
+
+    fn partitioned(&self, a: ReplicaId, b: ReplicaId) -> bool {
+        !self.clean
+            && self.plan.partitions.iter().any(|p| {
+                p.start_ms <= self.now_ms
+                    && self.now_ms < p.end_ms
+                    && p.side.get(a as usize) != p.side.get(b as usize)
+            })
+    }
+
+    /// Put `payload` on the wire between replica `replica` (one end) and the other end.
+    fn transmit(&mut self, replica: ReplicaId, peer: Option<ReplicaId>, payload: Payload) {
+        if let Some(peer) = peer {
+            if self.partitioned(replica, peer) {
+                return;
+            }
+        }
+        if !self.clean && self.plan.loss > 0.0 && self.net_rng.gen_bool(self.plan.loss) {
+            return;
+        }
+        let slow = self.nodes.get(replica as usize).is_some_and(|n| n.slow)
+            || peer.is_some_and(|p| self.nodes.get(p as usize).is_some_and(|n| n.slow));
+        let delay = |rng: &mut ChaCha8Rng| {
+            let (lo, hi) = if self.clean {
+                (1, 5)
+            } else {
+                self.plan.delay_ms
+            };
+            let mut d = rng.gen_range(lo..=hi);
+            if slow {
+                d += rng.gen_range(self.plan.slow_extra_ms.0..=self.plan.slow_extra_ms.1);
+            }
+            d
+        };
+        let d1 = delay(&mut self.net_rng);
+        let dup = !self.clean && self.net_rng.gen_bool(self.plan.duplicate);
+        if dup {
+            let d2 = delay(&mut self.net_rng);
+            let copy = match &payload {
+                Payload::Peer { to, bytes } => Payload::Peer {
+                    to: *to,
+                    bytes: bytes.clone(),
+                },
+                Payload::Request { to, bytes } => Payload::Request {
+                    to: *to,
+                    bytes: bytes.clone(),
+                },
+                Payload::Reply { to, from, bytes } => Payload::Reply {
+                    to: *to,
+                    from: *from,
+                    bytes: bytes.clone(),
+                },
+                _ => return,
+            };
+            self.push(self.now_ms + d2, copy);
+        }
+        self.push(self.now_ms + d1, payload);
+    }
+
+    fn send_peer(&mut self, from: ReplicaId, to: ReplicaId, message: &Message, encoded: &[u8]) {
+        let copies = match self.nodes[from as usize].byzantine.as_mut() {
+            Some(b) => b.outbound(to, message),
+            None => vec![encoded.to_vec()],
+        };
+        for bytes in copies {
+            self.transmit(from, Some(to), Payload::Peer { to, bytes });
+        }
+    }
+
+    fn send_reply(&mut self, from: ReplicaId, reply: Reply) {
+        let to = reply.client;
+        let reply = match self.nodes[from as usize].byzantine.as_mut() {
+            Some(b) => match b.reply(reply) {
+                Some(r) => r,
+                None => return,
+            },
+            None => reply,
+        };
+        let mut bytes = encode(&reply);
+        if let Some(b) = self.nodes[from as usize].byzantine.as_mut() {
+            bytes = b.reply_bytes(bytes);
+        }
+        if (to as usize) < self.clients.len() {
+            self.transmit(from, None, Payload::Reply { to, from, bytes });
+        }
+    }
+
+    // ---- replicas ------------------------------------------------------------------------
+
+    fn reschedule_tick(&mut self, r: ReplicaId) {
+        let now = self.now_ms;
+        let node = &mut self.nodes[r as usize];
+        let Some(replica) = node.replica.as_ref() else {
+            return;
+        };
+        let Some(deadline) = replica.next_deadline() else {
+            return;
+        };
+        let at = if deadline <= now { now + 1 } else { deadline };
+        if node.tick_at.is_some_and(|t| t <= at && t > now) {
+            return;
+        }
+        node.tick_at = Some(at);
+        let incarnation = node.incarnation;
+        self.push(
+            at,
+            Payload::Tick {
+                replica: r,
+                incarnation,
+            },
+        );
+    }
+
+    fn replica_event(&mut self, r: ReplicaId, event: Event) {
+        let now = self.now_ms;
+        let Some(replica) = self.nodes[r as usize].replica.as_mut() else {
+            return;
+        };
+        let mut actions = Vec::new();
+        replica.handle(now, event, &mut actions);
+        self.run_actions(r, actions);
+        self.reschedule_tick(r);
+    }
+
+    fn run_actions(&mut self, r: ReplicaId, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Send { to, message } => {
+                    if to < self.cfg.n && to != r {
+                        let bytes = encode(&message);
+                        self.send_peer(r, to, &message, &bytes);
+                    }
+                }
+                Action::Broadcast { message } => {
+                    let bytes = encode(&message);
+                    for to in (0..self.cfg.n).filter(|&to| to != r) {
+                        self.send_peer(r, to, &message, &bytes);
+                    }
+                }
+                Action::Execute {
+                    seq,
+                    view: _,
+                    requests,
+                    snapshot,
+                } => {
+                    let more = self.execute(r, seq, &requests, snapshot);
+                    queue.extend(more);
+                }
+                Action::ExecuteReadOnly { request, view } => {
+                    let result = self.nodes[r as usize].service.read(&request.op);
+                    let reply = Reply {
+                        view,
+                        replica: r,
+                        client: request.client,
+                        req_seq: request.req_seq,
+                        read_only: true,
+                        result,
+                    };
+                    self.send_reply(r, reply);
+                }
+                Action::Reply(reply) => self.send_reply(r, reply),
+                Action::Restore { seq, service } => self.restore(r, seq, &service),
+            }
+        }
+    }
+
+    fn execute(
+        &mut self,
+        r: ReplicaId,
+        seq: u64,
+        requests: &[Request],
+        snapshot: bool,
+    ) -> Vec<Action> {
+        let now = self.now_ms;
+        let inject = self.params.inject;
+        let node = &mut self.nodes[r as usize];
+        let process = (r, node.incarnation);
+        if node.honest {
+            let mut seen: Vec<Request> = requests.to_vec();
+            if inject == Some(Injection::DivergentExecution { replica: r }) && !seen.is_empty() {
+                seen.pop();
+            }
+            self.checker.executed(process, seq, &seen);
+        }
+        let node = &mut self.nodes[r as usize];
+        let corrupt = inject == Some(Injection::CorruptService { replica: r });
+        let results: Vec<Vec<u8>> = requests
+            .iter()
+            .map(|req| {
+                if corrupt {
+                    let mut op = req.op.clone();
+                    op.reverse();
+                    node.service.execute(&op);
+                }
+                node.service.execute(&req.op)
+            })
+            .collect();
+        let snap = node.service.snapshot();
+        let honest = node.honest;
+        if honest {
+            self.checker
+                .state(process, seq, Digest::of("shieldwall sim state", &snap));
+        }
+        let event = Event::Executed {
+            seq,
+            results,
+            snapshot: snapshot.then_some(snap),
+        };
+        let mut more = Vec::new();
+        if let Some(replica) = self.nodes[r as usize].replica.as_mut() {
+            replica.handle(now, event, &mut more);
+        }
+        more
+    }
+
+    fn restore(&mut self, r: ReplicaId, seq: u64, bytes: &[u8]) {
+        let node = &mut self.nodes[r as usize];
+        let process = (r, node.incarnation);
+        match KvService::restore(bytes) {
+            Ok(service) => {
+                let snap = service.snapshot();
+                node.service = service;
+                if node.honest {
+                    self.checker.restored(process, seq);
+                    self.checker
+                        .state(process, seq, Digest::of("shieldwall sim state", &snap));
+                }
+            }
+            Err(e) => {
+                if node.honest {
+                    self.checker.report(format!(
+                        "restore: replica {r} was told to restore an undecodable snapshot at \
+                         seq {seq}: {e}"
+                    ));
+                }
+            }
+        }
+    }
+
+    fn deliver_peer(&mut self, to: ReplicaId, bytes: &[u8]) {
+        let Some(node) = self.nodes.get_mut(to as usize) else {
+            return;
+        };
+        let Some(replica) = node.replica.as_mut() else {
+            return;
+        };
+        let message = match decode::<Message>(bytes) {
+            Ok(m) => m,
+            Err(_) => {
+                self.decode_errors += 1;
+                return;
+            }
+        };
+        match verify_message(&self.cfg, node.auth.as_ref(), &message) {
+            Ok(()) => self.replica_event(to, Event::Message(message)),
+            Err(rejection) => {
+                replica.note_rejected(rejection.reason);
+                if let Some((from, view)) = rejection.blame {
+                    self.replica_event(to, Event::ProvenFault { from, view });
+                }
+            }
+        }
+    }
+
+    fn deliver_request(&mut self, to: ReplicaId, bytes: &[u8]) {
+        let Some(node) = self.nodes.get_mut(to as usize) else {
+            return;
+        };
+        let Some(replica) = node.replica.as_mut() else {
+            return;
+        };
+        let request = match decode::<SignedRequest>(bytes) {
+            Ok(m) => m,
+            Err(_) => {
+                self.decode_errors += 1;
+                return;
+            }
+        };
+        if node
+            .byzantine
+            .as_ref()
+            .is_some_and(|b| b.drops_request_from(request.request.client))
+        {
+            return;
+        }
+        match verify_request(&self.cfg, node.auth.as_ref(), &request) {
+            Ok(()) => self.replica_event(to, Event::Request(request)),
+            Err(reason) => replica.note_rejected(reason),
+        }
+    }
+
+    fn crash(&mut self, r: ReplicaId) {
+        let Some(node) = self.nodes.get_mut(r as usize) else {
+            return;
+        };
+        if let Some(replica) = node.replica.take() {
+            node.views_entered += replica.stats().views_entered;
+            for (k, v) in &replica.stats().rejected {
+                *self.rejected.entry(k).or_insert(0) += v;
+            }
+        }
+        node.incarnation += 1;
+        node.tick_at = None;
+        node.service = KvService::new();
+    }
+
+    fn restart(&mut self, r: ReplicaId) {
+        let now = self.now_ms;
+        let cfg = self.cfg.clone();
+        let Some(node) = self.nodes.get_mut(r as usize) else {
+            return;
+        };
+        if node.replica.is_some() {
+            return;
+        }
+        let auth = node.auth.clone() as Arc<dyn Authenticator>;
+        match Replica::restarted(cfg, r, auth, now) {
+            Ok(replica) => {
+                node.replica = Some(replica);
+                node.service = KvService::new();
+                self.reschedule_tick(r);
+            }
+            Err(e) => self
+                .checker
+                .report(format!("restart of replica {r} failed: {e}")),
+        }
+    }
+
+    fn crash_leader(&mut self) {
+        // The leader of the highest view a live replica is in.
+        let view = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref())
+            .map(|r| r.view())
+            .max();
+        if let Some(view) = view {
+            let leader = self.cfg.leader(view);
+            let down = self.nodes.iter().filter(|n| n.replica.is_none()).count();
+            if down < self.cfg.f as usize {
+                self.crash(leader);
+            }
+        }
+    }
+
+    // ---- clients -------------------------------------------------------------------------
+
+    fn client_out(&mut self, c: ClientId, out: Vec<ClientOut>) {
+        for o in out {
+            match o {
+                ClientOut::Send {
+                    to,
+                    bytes,
+                    submitted,
+                } => {
+                    if let Some(req) = submitted {
+                        self.checker.submitted(&req);
+                    }
+                    self.transmit(to, None, Payload::Request { to, bytes });
+                }
+                ClientOut::Wake(at) => {
+                    self.push(at.max(self.now_ms), Payload::ClientWake { client: c })
+                }
+            }
+        }
+    }
+
+    fn deliver_reply(&mut self, c: ClientId, from: ReplicaId, bytes: &[u8]) {
+        let now = self.now_ms;
+        let Some(client) = self.clients.get_mut(c as usize) else {
+            return;
+        };
+        let reply = match decode::<Reply>(bytes) {
+            Ok(r) => r,
+            Err(_) => {
+                client.bad_replies += 1;
+                return;
+            }
+        };
+        let mut out = Vec::new();
+        client.on_reply(now, from, reply, &mut out);
+        self.client_out(c, out);
+    }
+
+    // ---- main loop -----------------------------------------------------------------------
+
+    fn correct_clients_done(&self) -> bool {
+        self.clients
+            .iter()
+            .filter(|c| c.is_correct())
+            .all(Client::done)
+    }
+
+    fn step(&mut self, q: Queued) {
+        self.now_ms = self.now_ms.max(q.at_ms);
+        self.steps += 1;
+        match q.payload {
+            Payload::Peer { to, bytes } => self.deliver_peer(to, &bytes),
+            Payload::Request { to, bytes } => self.deliver_request(to, &bytes),
+            Payload::Reply { to, from, bytes } => self.deliver_reply(to, from, &bytes),
+            Payload::Tick {
+                replica,
+                incarnation,
+            } => {
+                let node = &mut self.nodes[replica as usize];
+                if node.incarnation == incarnation && node.tick_at == Some(q.at_ms) {
+                    node.tick_at = None;
+                    self.replica_event(replica, Event::Tick);
+                }
+            }
+            Payload::ClientWake { client } => {
+                let now = self.now_ms;
+                let mut out = Vec::new();
+                if let Some(c) = self.clients.get_mut(client as usize) {
+                    c.wake(now, &mut out);
+                }
+                self.client_out(client, out);
+            }
+            Payload::CrashLeader => self.crash_leader(),
+            Payload::Crash(r) => self.crash(r),
+            Payload::Restart(r) => self.restart(r),
+            Payload::EndFaults => {
+                self.clean = true;
+                for c in &mut self.clients {
+                    c.stop_issuing();
+                }
+                let crashed: Vec<ReplicaId> = (0..self.cfg.n)
+                    .filter(|&r| self.nodes[r as usize].replica.is_none())
+                    .collect();
+                // Crash-restart victims come back; crashed leaders stay down (f of them).
+                if !self.plan.restarts.is_empty() {
+                    for r in crashed {
+                        self.restart(r);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn run(mut self) -> RunReport {
+        let deadline_ms = self.plan.fault_end_ms + self.params.liveness_ms;
+        let mut timed_out = false;
+        while let Some(Reverse(q)) = self.queue.pop() {
+            if q.at_ms > deadline_ms {
+                timed_out = true;
+                break;
+            }
+            self.step(q);
+            if self.correct_clients_done() {
+                break;
+            }
+            if self.steps >= self.params.max_steps {
+                self.checker.report(format!(
+                    "step budget of {} exhausted at {} ms",
+                    self.params.max_steps, self.now_ms
+                ));
+                break;
+            }
+        }
+        if !self.correct_clients_done() {
+            let why = if timed_out {
+                "deadline passed"
+            } else {
+                "event queue drained"
+            };
+            let mut stuck = Vec::new();
+            for c in self.clients.iter().filter(|c| c.is_correct() && !c.done()) {
+                stuck.push(format!(
+                    "client {} outstanding {:?}",
+                    c.id(),
+                    c.outstanding()
+                ));
+            }
+            let replicas: Vec<String> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| match &n.replica {
+                    Some(r) => format!(
+                        "r{i}: view {} {:?} executed {} stable {}",
+                        r.view(),
+                        r.status(),
+                        r.last_executed(),
+                        r.stable_checkpoint()
+                    ),
+                    None => format!("r{i}: down"),
+                })
+                .collect();
+            self.checker.report(format!(
+                "liveness: {why} at {} ms with requests incomplete ({}); {}",
+                self.now_ms,
+                stuck.join("; "),
+                replicas.join(", ")
+            ));
+        }
+        let history: Vec<_> = self
+            .clients
+            .iter()
+            .filter(|c| c.is_correct())
+            .flat_map(|c| c.history().iter().cloned())
+            .collect();
+        for v in check_linearizability(self.checker.committed(), &history) {
+            self.checker.report(v);
+        }
+        let mut rejected = self.rejected.clone();
+        let mut view_changes = 0;
+        for n in self.nodes.iter().filter(|n| n.honest) {
+            let mut views = n.views_entered;
+            if let Some(r) = &n.replica {
+                views += r.stats().views_entered;
+                for (k, v) in &r.stats().rejected {
+                    *rejected.entry(k).or_insert(0) += v;
+                }
+            }
+            view_changes = view_changes.max(views);
+        }
+        RunReport {
+            steps: self.steps,
+            commits: self.checker.commits() as u64,
+            view_changes,
+            completed_ops: history.len() as u64,
+            sim_time_ms: self.now_ms,
+            decode_errors: self.decode_errors,
+            rejected: rejected
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            violations: self.checker.violations(),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Seeded campaigns over every scenario and cluster shape.
+//!
+//! `SHIELDWALL_SIM_SEEDS` sets the seeds per scenario for the small clusters (byzantine n=4,
+//! crash n=3); the larger clusters (byzantine n=7, crash n=5) run half as many. With the default
+//! every Byzantine-replica scenario gets at least 500 seeds across the run and the others more.
+
+use shieldwall_core::FaultModel;
+use shieldwall_sim::{campaign, Scenario, SimParams};
+
+const DEFAULT_SEEDS: u64 = 340;
+
+fn seeds(large: bool) -> u64 {
+    let base = std::env::var("SHIELDWALL_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEEDS);
+    if large {
+        base.div_ceil(2)
+    } else {
+        base
+    }
+}
+
+fn run_campaign(scenario: Scenario, n: u32, model: FaultModel) {
+    let large = n > SimParams::default_replicas(model);
+    // Distinct seed ranges per cluster shape, so larger clusters do not repeat the same seeds.
+    let start = u64::from(n) * 1_000_000;
+    let count = seeds(large);
+    let r = campaign(scenario, start..start + count, SimParams::new(0, n, model));
+    eprintln!(
+        "{scenario} n={n} {model}: {} runs, {} steps, {} commits, {} view changes, {} ops",
+        r.runs, r.steps, r.commits, r.view_changes, r.completed_ops
+    );
+    if !r.failures.is_empty() {
+        let mut msg = format!("{} of {} seeds failed:\n", r.failures.len(), r.runs);
+        for f in r.failures.iter().take(10) {
+            msg.push_str(&format!(
+                "seed {}: {}\n  replay: {}\n",
+                f.seed,
+                f.violations.join("\n    "),
+                f.replay
+            ));
+        }
+        panic!("{msg}");
+    }
+    assert!(r.completed_ops > 0, "no operation completed in {scenario}");
+}
+
+macro_rules! campaigns {
+    ($($name:ident: $scenario:ident, $modes:tt;)*) => {
+        $(
+            mod $name {
+                use super::*;
+                campaigns!(@mode $scenario, $modes);
+            }
+        )*
+    };
+    (@mode $scenario:ident, all) => {
+        #[test]
+        fn byzantine_n4() { run_campaign(Scenario::$scenario, 4, FaultModel::Byzantine) }
+        #[test]
+        fn byzantine_n7() { run_campaign(Scenario::$scenario, 7, FaultModel::Byzantine) }
+        #[test]
+        fn crash_n3() { run_campaign(Scenario::$scenario, 3, FaultModel::Crash) }
+        #[test]
+        fn crash_n5() { run_campaign(Scenario::$scenario, 5, FaultModel::Crash) }
+    };
+    (@mode $scenario:ident, byzantine) => {
+        #[test]
+        fn byzantine_n4() { run_campaign(Scenario::$scenario, 4, FaultModel::Byzantine) }
+        #[test]
+        fn byzantine_n7() { run_campaign(Scenario::$scenario, 7, FaultModel::Byzantine) }
+    };
+}
+
+campaigns! {
+    baseline: Baseline, all;
+    lossy: Lossy, all;
+    partition: Partition, all;
+    crash_leader: CrashLeader, all;
+    crash_restart: CrashRestart, all;
+    equivocating_leader: EquivocatingLeader, byzantine;
+    conflicting_votes: ConflictingVotes, byzantine;
+    duplicate_votes: DuplicateVotes, byzantine;
+    replayed_votes: ReplayedVotes, byzantine;
+    wrong_digest: WrongDigest, byzantine;
+    forged_signatures: ForgedSignatures, byzantine;
+    garbage_bytes: GarbageBytes, byzantine;
+    silent: Silent, byzantine;
+    slow_replica: SlowReplica, byzantine;
+    censor_client: CensorClient, byzantine;
+    bad_client_auth: BadClientAuth, all;
+    reused_seq: ReusedSeq, all;
+    client_flood: ClientFlood, all;
+}
+
+#[test]
+fn every_scenario_has_a_campaign() {
+    // Keep the macro list above in step with Scenario::ALL.
+    assert_eq!(Scenario::ALL.len(), 18);
+    for s in Scenario::ALL {
+        assert_eq!(Scenario::from_name(s.name()), Some(s));
+        assert_eq!(s.applies_to(FaultModel::Crash), s.replica_fault().is_none());
+    }
+}
