@@ -115,7 +115,7 @@ impl Authenticator for Ed25519Auth {
         for i in items {
             let Some(vk) = self.public.get(&i.signer) else { return false };
             let Ok(sig) = <[u8; 64]>::try_from(i.sig) else { return false };
-            batch.queue((vk.into(), Signature::from(sig), &i.bytes));
+            batch.queue((ed25519_consensus::VerificationKeyBytes::from(*vk), Signature::from(sig), &i.bytes));
         }
         batch.verify(rng).is_ok()
     }

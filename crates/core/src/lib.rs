@@ -29,7 +29,7 @@ pub use message::{
     Checkpoint, CheckpointCert, CommittedBatch, Fetch, FetchReply, Message, NewView, PrePrepare,
     PreparedCert, Reply, Request, Signed, SignedRequest, StateSnapshot, ViewChange, Vote,
 };
-pub use replica::{Replica, Stats, Status};
+pub use replica::{compute_new_view, Replica, Stats, Status};
 pub use types::{ClientId, Digest, Principal, ReplicaId, Seq, View};
 
 /// An input to [`Replica::handle`].

@@ -136,8 +136,8 @@ pub struct NewView {
     /// A quorum of view changes for `view` from distinct replicas.
     pub view_changes: Vec<Signed<ViewChange>>,
     /// Re-proposals for every sequence number between the chosen checkpoint and the highest
-    /// prepared one (empty batches fill gaps).
-    pub pre_prepares: Vec<PrePrepare>,
+    /// prepared one (empty batches fill gaps), each signed by the new leader.
+    pub pre_prepares: Vec<Signed<PrePrepare>>,
 }
 
 /// State-transfer request: send me what follows `executed` (the last sequence number I hold).

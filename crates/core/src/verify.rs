@@ -168,10 +168,13 @@ pub fn verify_message(
                 return Err(Reject::BadNewView.into());
             }
             for pp in &nv.pre_prepares {
-                if pp.view != nv.view {
+                if pp.body.view != nv.view || pp.from != from {
                     return Err(Reject::BadNewView.into());
                 }
-                check_batch(config, auth, pp)?;
+                if !auth.verify(Principal::Replica(from), &pp.body.signing_bytes(), &pp.sig) {
+                    return Err(Reject::BadCertificateSignature.into());
+                }
+                check_batch(config, auth, &pp.body)?;
             }
             Ok(())
         }

@@ -8,6 +8,8 @@ mod state_transfer;
 mod tests;
 mod view_change;
 
+pub use view_change::compute_new_view;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
@@ -80,7 +82,6 @@ pub(crate) struct Pending {
 #[derive(Clone, Debug)]
 pub(crate) struct InFlight {
     pub(crate) seq: Seq,
-    pub(crate) view: View,
     pub(crate) keys: Vec<(ClientId, u64)>,
     pub(crate) snapshot: bool,
 }
@@ -140,6 +141,7 @@ pub struct Replica {
     // State transfer.
     pub(crate) fetch: Option<FetchState>,
     pub(crate) fetch_target: Seq,
+    pub(crate) last_fetch_peer: ReplicaId,
 
     pub(crate) stats: Stats,
     pub(crate) out: Vec<Action>,
@@ -203,6 +205,7 @@ impl Replica {
             sent_new_view: None,
             fetch: None,
             fetch_target: 0,
+            last_fetch_peer: id,
             stats: Stats::default(),
             out: Vec::new(),
         })
@@ -220,8 +223,8 @@ impl Replica {
         r.status = Status::Recovering;
         r.recovering_floor = Some(0);
         r.now_ms = now_ms;
-        r.last_progress_ms = now_ms;
-        // Ask a peer at the first tick.
+        // Ask the peers at the first tick.
+        r.last_progress_ms = now_ms.saturating_sub(r.cfg.fetch_timeout_ms);
         r.fetch_target = 1;
         Ok(r)
     }
