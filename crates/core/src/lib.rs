@@ -12,7 +12,10 @@
 //! checks everything else (sender, view and sequence windows, digests, quorums, duplicates)
 //! before a message touches its state, and counts what it rejects in [`Stats`].
 #![forbid(unsafe_code)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod auth;
 pub mod client_table;

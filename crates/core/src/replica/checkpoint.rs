@@ -5,9 +5,9 @@
 
 use super::Replica;
 use crate::message::{Checkpoint, CheckpointCert, Message, Signable, Signed, StateSnapshot};
-use crate::types::{Digest, Seq};
 #[cfg(test)]
 use crate::types::ReplicaId;
+use crate::types::{Digest, Seq};
 use crate::verify::Reject;
 
 impl Replica {
@@ -17,10 +17,20 @@ impl Replica {
         let digest = StateSnapshot::state_digest(&service, &clients);
         self.own_checkpoints.insert(seq, (digest, service, clients));
         if self.may_vote() {
-            let body = Checkpoint { seq, state_digest: digest };
+            let body = Checkpoint {
+                seq,
+                state_digest: digest,
+            };
             let sig = self.sign_bytes(&body.signing_bytes());
-            let signed = Signed { from: self.id, body, sig };
-            self.checkpoint_votes.entry(seq).or_default().insert(self.id, signed.clone());
+            let signed = Signed {
+                from: self.id,
+                body,
+                sig,
+            };
+            self.checkpoint_votes
+                .entry(seq)
+                .or_default()
+                .insert(self.id, signed.clone());
             self.broadcast(Message::Checkpoint(signed));
             self.checkpoint_resend_ms = self.now_ms + self.cfg.fetch_timeout_ms;
         }
@@ -29,7 +39,7 @@ impl Replica {
 
     pub(crate) fn on_checkpoint(&mut self, c: Signed<Checkpoint>) {
         let seq = c.body.seq;
-        if seq % self.cfg.checkpoint_interval != 0 || seq == 0 {
+        if !seq.is_multiple_of(self.cfg.checkpoint_interval) || seq == 0 {
             self.reject(Reject::OutOfWindow);
             return;
         }
@@ -52,7 +62,11 @@ impl Replica {
         }
         let votes = self.checkpoint_votes.entry(seq).or_default();
         if let Some(old) = votes.get(&c.from) {
-            let reason = if old.body == c.body { Reject::Duplicate } else { Reject::Conflicting };
+            let reason = if old.body == c.body {
+                Reject::Duplicate
+            } else {
+                Reject::Conflicting
+            };
             self.reject(reason);
             return;
         }
@@ -65,7 +79,9 @@ impl Replica {
         if seq <= self.stable.seq {
             return;
         }
-        let Some(votes) = self.checkpoint_votes.get(&seq) else { return };
+        let Some(votes) = self.checkpoint_votes.get(&seq) else {
+            return;
+        };
         let mut by_digest: std::collections::BTreeMap<Digest, Vec<&Signed<Checkpoint>>> =
             std::collections::BTreeMap::new();
         for v in votes.values() {
@@ -124,7 +140,9 @@ impl Replica {
     }
 
     pub(crate) fn tick_checkpoints(&mut self) {
-        let Some(deadline) = self.checkpoint_resend_deadline() else { return };
+        let Some(deadline) = self.checkpoint_resend_deadline() else {
+            return;
+        };
         if self.now_ms < deadline {
             return;
         }
@@ -144,6 +162,9 @@ impl Replica {
     /// Number of distinct replicas whose checkpoint votes we hold for `seq` (for tests).
     #[cfg(test)]
     pub(crate) fn checkpoint_voters(&self, seq: Seq) -> Vec<ReplicaId> {
-        self.checkpoint_votes.get(&seq).map(|v| v.keys().copied().collect()).unwrap_or_default()
+        self.checkpoint_votes
+            .get(&seq)
+            .map(|v| v.keys().copied().collect())
+            .unwrap_or_default()
     }
 }

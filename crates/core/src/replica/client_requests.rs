@@ -15,7 +15,10 @@ impl Replica {
             // DESIGN 4: reads are answered from current state; the client needs a larger
             // matching quorum and falls back to an ordered request if it does not get one.
             if self.status == Status::Normal && self.may_vote() {
-                self.out.push(Action::ExecuteReadOnly { request: signed.request, view: self.view });
+                self.out.push(Action::ExecuteReadOnly {
+                    request: signed.request,
+                    view: self.view,
+                });
             }
             return;
         }
@@ -55,7 +58,13 @@ impl Replica {
             return;
         }
         let now = self.now_ms;
-        self.pending.insert(key, Pending { request: signed, arrived_ms: now });
+        self.pending.insert(
+            key,
+            Pending {
+                request: signed,
+                arrived_ms: now,
+            },
+        );
         self.arrivals.insert((now, key.0, key.1));
         *self.pending_per_client.entry(key.0).or_insert(0) += 1;
         if self.is_leader() {

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use crate::auth::Authenticator;
 use crate::client_table::ClientTable;
 use crate::config::{Config, ConfigError};
-use crate::message::{CheckpointCert, Message, NewView, PreparedCert, PrePrepare, Signed, SignedRequest, ViewChange, Vote, Checkpoint};
+use crate::message::{
+    Checkpoint, CheckpointCert, Message, NewView, PrePrepare, PreparedCert, Signed, SignedRequest,
+    ViewChange, Vote,
+};
 use crate::types::{ClientId, Digest, ReplicaId, Seq, View};
 use crate::verify::Reject;
 use crate::{Action, Event};
@@ -168,7 +171,10 @@ impl Replica {
     ) -> Result<Replica, ConfigError> {
         config.validate()?;
         if id >= config.n {
-            return Err(ConfigError::Invalid { field: "id", why: format!("{id} >= n={}", config.n) });
+            return Err(ConfigError::Invalid {
+                field: "id",
+                why: format!("{id} >= n={}", config.n),
+            });
         }
         let vc_timeout_ms = config.view_change_timeout_ms;
         Ok(Replica {
@@ -191,7 +197,11 @@ impl Replica {
             pending_per_client: BTreeMap::new(),
             queue: VecDeque::new(),
             proposed: BTreeSet::new(),
-            stable: CheckpointCert { seq: 0, state_digest: Digest::default(), proof: Vec::new() },
+            stable: CheckpointCert {
+                seq: 0,
+                state_digest: Digest::default(),
+                proof: Vec::new(),
+            },
             stable_state: None,
             own_checkpoints: BTreeMap::new(),
             checkpoint_votes: BTreeMap::new(),
@@ -220,7 +230,6 @@ impl Replica {
         now_ms: u64,
     ) -> Result<Replica, ConfigError> {
         let mut r = Replica::new(config, id, auth)?;
-        r.status = Status::Recovering;
         r.recovering_floor = Some(0);
         r.now_ms = now_ms;
         // Ask the peers at the first tick.
@@ -236,7 +245,11 @@ impl Replica {
             Event::Request(r) => self.on_request(r),
             Event::Message(m) => self.on_message(m),
             Event::ProvenFault { from, view } => self.on_proven_fault(from, view),
-            Event::Executed { seq, results, snapshot } => self.on_executed(seq, results, snapshot),
+            Event::Executed {
+                seq,
+                results,
+                snapshot,
+            } => self.on_executed(seq, results, snapshot),
             Event::Tick => self.on_tick(),
         }
         out.append(&mut self.out);

@@ -96,7 +96,12 @@ impl Replica {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            let body = PrePrepare { view: self.view, seq, batch_digest: batch_digest(&batch), batch };
+            let body = PrePrepare {
+                view: self.view,
+                seq,
+                batch_digest: batch_digest(&batch),
+                batch,
+            };
             self.propose(body);
         }
     }
@@ -104,7 +109,11 @@ impl Replica {
     /// Sign and broadcast a proposal, and record it as this leader's own pre-prepare.
     pub(crate) fn propose(&mut self, body: PrePrepare) {
         let sig = self.sign_bytes(&body.signing_bytes());
-        let signed = Signed { from: self.id, body, sig };
+        let signed = Signed {
+            from: self.id,
+            body,
+            sig,
+        };
         self.broadcast(Message::PrePrepare(signed.clone()));
         self.accept_pre_prepare(signed);
     }
@@ -133,7 +142,11 @@ impl Replica {
 
     /// Record a pre-prepare of the current view and cast this replica's vote for it.
     pub(crate) fn accept_pre_prepare(&mut self, pp: Signed<PrePrepare>) {
-        let vote = Vote { view: pp.body.view, seq: pp.body.seq, batch_digest: pp.body.batch_digest };
+        let vote = Vote {
+            view: pp.body.view,
+            seq: pp.body.seq,
+            batch_digest: pp.body.batch_digest,
+        };
         let leader = pp.from;
         for r in &pp.body.batch {
             // Every replica tracks what is proposed so it does not time out on it twice and
@@ -144,7 +157,10 @@ impl Replica {
         if !self.cfg.has_prepare_phase() {
             // Crash mode: an accepted proposal is this replica's "prepared" state (Paxos
             // acceptor), reported in view changes.
-            slot.prepared_cert = Some(PreparedCert { pre_prepare: pp.clone(), prepares: Vec::new() });
+            slot.prepared_cert = Some(PreparedCert {
+                pre_prepare: pp.clone(),
+                prepares: Vec::new(),
+            });
         }
         slot.pre_prepare = Some(pp);
         if self.may_vote() {
@@ -162,7 +178,11 @@ impl Replica {
     /// Sign, record and broadcast this replica's vote.
     fn cast(&mut self, phase: Phase, vote: Vote) {
         let sig = self.sign_bytes(&vote_signing_bytes(phase, &vote));
-        let signed = Signed { from: self.id, body: vote, sig };
+        let signed = Signed {
+            from: self.id,
+            body: vote,
+            sig,
+        };
         let slot = self.slots.entry(vote.seq).or_default();
         match phase {
             Phase::Prepare => {
@@ -214,7 +234,11 @@ impl Replica {
             Phase::Commit => &mut slot.commits,
         };
         if let Some(old) = votes.get(&v.from) {
-            let reason = if old.body == v.body { Reject::Duplicate } else { Reject::Conflicting };
+            let reason = if old.body == v.body {
+                Reject::Duplicate
+            } else {
+                Reject::Conflicting
+            };
             self.reject(reason);
             return false;
         }
@@ -228,9 +252,17 @@ impl Replica {
         let quorum = self.cfg.quorum();
         let has_prepare = self.cfg.has_prepare_phase();
         let may_vote = self.may_vote();
-        let Some(slot) = self.slots.get_mut(&seq) else { return };
-        let Some(pp) = slot.pre_prepare.clone() else { return };
-        let vote = Vote { view: pp.body.view, seq, batch_digest: pp.body.batch_digest };
+        let Some(slot) = self.slots.get_mut(&seq) else {
+            return;
+        };
+        let Some(pp) = slot.pre_prepare.clone() else {
+            return;
+        };
+        let vote = Vote {
+            view: pp.body.view,
+            seq,
+            batch_digest: pp.body.batch_digest,
+        };
         let matching = |votes: &std::collections::BTreeMap<ReplicaId, Signed<Vote>>| {
             votes.values().filter(|v| v.body == vote).count()
         };
@@ -239,20 +271,41 @@ impl Replica {
             return;
         }
         if has_prepare
-            && slot.prepared_cert.as_ref().is_none_or(|c| c.pre_prepare.body.view < vote.view)
+            && slot
+                .prepared_cert
+                .as_ref()
+                .is_none_or(|c| c.pre_prepare.body.view < vote.view)
         {
-            let prepares: Vec<_> =
-                slot.prepares.values().filter(|v| v.body == vote).take(quorum - 1).cloned().collect();
-            slot.prepared_cert = Some(PreparedCert { pre_prepare: pp.clone(), prepares });
+            let prepares: Vec<_> = slot
+                .prepares
+                .values()
+                .filter(|v| v.body == vote)
+                .take(quorum - 1)
+                .cloned()
+                .collect();
+            slot.prepared_cert = Some(PreparedCert {
+                pre_prepare: pp.clone(),
+                prepares,
+            });
         }
         if has_prepare && !slot.sent_commit && may_vote {
             self.cast(Phase::Commit, vote);
         }
-        let Some(slot) = self.slots.get_mut(&seq) else { return };
+        let Some(slot) = self.slots.get_mut(&seq) else {
+            return;
+        };
         if slot.committed.is_none() && matching(&slot.commits) >= quorum {
-            let commits: Vec<_> =
-                slot.commits.values().filter(|v| v.body == vote).take(quorum).cloned().collect();
-            slot.committed = Some(CommittedBatch { pre_prepare: pp.body, commits });
+            let commits: Vec<_> = slot
+                .commits
+                .values()
+                .filter(|v| v.body == vote)
+                .take(quorum)
+                .cloned()
+                .collect();
+            slot.committed = Some(CommittedBatch {
+                pre_prepare: pp.body,
+                commits,
+            });
             self.note_progress_hint(seq);
             self.try_execute();
         }
@@ -279,12 +332,26 @@ impl Replica {
                 requests.push(r.request.clone());
             }
         }
-        let snapshot = seq % self.cfg.checkpoint_interval == 0;
-        self.in_flight = Some(InFlight { seq, keys, snapshot });
-        self.out.push(Action::Execute { seq, view, requests, snapshot });
+        let snapshot = seq.is_multiple_of(self.cfg.checkpoint_interval);
+        self.in_flight = Some(InFlight {
+            seq,
+            keys,
+            snapshot,
+        });
+        self.out.push(Action::Execute {
+            seq,
+            view,
+            requests,
+            snapshot,
+        });
     }
 
-    pub(crate) fn on_executed(&mut self, seq: Seq, results: Vec<Vec<u8>>, snapshot: Option<Vec<u8>>) {
+    pub(crate) fn on_executed(
+        &mut self,
+        seq: Seq,
+        results: Vec<Vec<u8>>,
+        snapshot: Option<Vec<u8>>,
+    ) {
         let Some(flight) = self.in_flight.take_if(|f| f.seq == seq) else {
             // A batch superseded by a state transfer, or a runtime bug: either way not ours.
             if seq > self.last_executed {

@@ -32,15 +32,25 @@ impl Replica {
             peer = (peer + 1) % n;
         }
         self.last_fetch_peer = peer;
-        let body = Fetch { executed: self.last_executed, view: self.view };
+        let body = Fetch {
+            executed: self.last_executed,
+            view: self.view,
+        };
         let sig = self.sign_bytes(&body.signing_bytes());
-        let msg = Message::Fetch(Signed { from: self.id, body, sig });
+        let msg = Message::Fetch(Signed {
+            from: self.id,
+            body,
+            sig,
+        });
         if self.recovering_floor.is_some() {
             self.broadcast(msg);
         } else {
             self.send(peer, msg);
         }
-        self.fetch = Some(FetchState { peer, deadline_ms: self.now_ms + self.cfg.fetch_timeout_ms });
+        self.fetch = Some(FetchState {
+            peer,
+            deadline_ms: self.now_ms + self.cfg.fetch_timeout_ms,
+        });
     }
 
     pub(crate) fn fetch_deadline(&self) -> Option<u64> {
@@ -54,7 +64,9 @@ impl Replica {
     }
 
     pub(crate) fn tick_fetch(&mut self) {
-        let Some(deadline) = self.fetch_deadline() else { return };
+        let Some(deadline) = self.fetch_deadline() else {
+            return;
+        };
         if self.now_ms >= deadline {
             self.fetch = None;
             self.start_fetch();
@@ -90,9 +102,20 @@ impl Replica {
             .map_while(|s| self.slots.get(&s).and_then(|slot| slot.committed.clone()))
             .take(self.cfg.fetch_batches_max as usize)
             .collect();
-        let body = FetchReply { view: self.view, snapshot, batches };
+        let body = FetchReply {
+            view: self.view,
+            snapshot,
+            batches,
+        };
         let sig = self.sign_bytes(&body.signing_bytes());
-        self.send(to, Message::FetchReply(Signed { from: self.id, body, sig }));
+        self.send(
+            to,
+            Message::FetchReply(Signed {
+                from: self.id,
+                body,
+                sig,
+            }),
+        );
     }
 
     pub(crate) fn on_fetch_reply(&mut self, r: Signed<FetchReply>) {
@@ -143,16 +166,29 @@ impl Replica {
         self.last_progress_ms = self.now_ms;
         self.in_flight = None;
         self.stats.snapshots_installed += 1;
-        self.out.push(Action::Restore { seq, service: snap.service.clone() });
-        self.own_checkpoints
-            .insert(seq, (snap.checkpoint.state_digest, snap.service.clone(), snap.clients.clone()));
+        self.out.push(Action::Restore {
+            seq,
+            service: snap.service.clone(),
+        });
+        self.own_checkpoints.insert(
+            seq,
+            (
+                snap.checkpoint.state_digest,
+                snap.service.clone(),
+                snap.clients.clone(),
+            ),
+        );
         if seq > self.stable.seq {
             self.make_stable(snap.checkpoint);
         } else if seq == self.stable.seq {
             self.stable_state = Some((snap.service, snap.clients));
         }
-        let stale: Vec<_> =
-            self.pending.keys().filter(|k| !self.clients.is_new(k.0, k.1)).copied().collect();
+        let stale: Vec<_> = self
+            .pending
+            .keys()
+            .filter(|k| !self.clients.is_new(k.0, k.1))
+            .copied()
+            .collect();
         for k in stale {
             self.remove_pending(k);
         }

@@ -63,7 +63,12 @@ pub fn compute_new_view(
                 batch_digest: cert.pre_prepare.body.batch_digest,
                 batch: cert.pre_prepare.body.batch.clone(),
             },
-            None => PrePrepare { view, seq, batch_digest: batch_digest(&[]), batch: Vec::new() },
+            None => PrePrepare {
+                view,
+                seq,
+                batch_digest: batch_digest(&[]),
+                batch: Vec::new(),
+            },
         })
         .collect();
     (checkpoint, proposals)
@@ -86,9 +91,17 @@ impl Replica {
             .range(low + 1..=top)
             .filter_map(|(_, s)| s.prepared_cert.clone())
             .collect();
-        let body = ViewChange { new_view: target, checkpoint: self.stable.clone(), prepared };
+        let body = ViewChange {
+            new_view: target,
+            checkpoint: self.stable.clone(),
+            prepared,
+        };
         let sig = self.sign_bytes(&body.signing_bytes());
-        let signed = Signed { from: self.id, body, sig };
+        let signed = Signed {
+            from: self.id,
+            body,
+            sig,
+        };
         self.latest_vc.insert(self.id, signed.clone());
         self.broadcast(Message::ViewChange(signed));
         self.vc_deadline_ms = Some(self.now_ms + self.vc_timeout_ms);
@@ -96,11 +109,12 @@ impl Replica {
     }
 
     pub(crate) fn tick_view_change(&mut self) {
-        let Some(deadline) = self.vc_deadline_ms else { return };
+        let Some(deadline) = self.vc_deadline_ms else {
+            return;
+        };
         if self.status == Status::ViewChanging && self.now_ms >= deadline {
             // PBFT 4.5.2: the next view change waits twice as long.
-            self.vc_timeout_ms =
-                (self.vc_timeout_ms * 2).min(self.cfg.view_change_timeout_max_ms);
+            self.vc_timeout_ms = (self.vc_timeout_ms * 2).min(self.cfg.view_change_timeout_max_ms);
             self.start_view_change(self.view + 1);
         }
     }
@@ -113,7 +127,11 @@ impl Replica {
                 return;
             }
             if old.body.new_view == target {
-                let reason = if *old == vc { Reject::Duplicate } else { Reject::Conflicting };
+                let reason = if *old == vc {
+                    Reject::Duplicate
+                } else {
+                    Reject::Conflicting
+                };
                 self.reject(reason);
                 self.help_straggler(from, target);
                 return;
@@ -174,12 +192,24 @@ impl Replica {
             .into_iter()
             .map(|body| {
                 let sig = self.sign_bytes(&body.signing_bytes());
-                Signed { from: self.id, body, sig }
+                Signed {
+                    from: self.id,
+                    body,
+                    sig,
+                }
             })
             .collect();
-        let body = NewView { view, view_changes: vcs, pre_prepares };
+        let body = NewView {
+            view,
+            view_changes: vcs,
+            pre_prepares,
+        };
         let sig = self.sign_bytes(&body.signing_bytes());
-        let nv = Signed { from: self.id, body, sig };
+        let nv = Signed {
+            from: self.id,
+            body,
+            sig,
+        };
         self.sent_new_view = Some(view);
         self.broadcast(Message::NewView(nv.clone()));
         self.enter_view(nv, checkpoint);
@@ -198,7 +228,10 @@ impl Replica {
         // PBFT 4.4: verify NEW-VIEW by recomputing its proposals from its view changes.
         let (checkpoint, expected) = compute_new_view(&self.cfg, view, &nv.body.view_changes);
         let matches = expected.len() == nv.body.pre_prepares.len()
-            && expected.iter().zip(&nv.body.pre_prepares).all(|(e, p)| *e == p.body);
+            && expected
+                .iter()
+                .zip(&nv.body.pre_prepares)
+                .all(|(e, p)| *e == p.body);
         if !matches {
             self.reject(Reject::BadNewView);
             if view == self.view {
