@@ -64,7 +64,9 @@ pub struct Ed25519Auth {
 
 impl fmt::Debug for Ed25519Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ed25519Auth").field("me", &self.me).finish_non_exhaustive()
+        f.debug_struct("Ed25519Auth")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,7 +78,12 @@ impl Ed25519Auth {
         public: HashMap<Principal, VerificationKey>,
         mac_secret: [u8; 32],
     ) -> Ed25519Auth {
-        Ed25519Auth { me, key: SigningKey::from(seed), public, mac_secret }
+        Ed25519Auth {
+            me,
+            key: SigningKey::from(seed),
+            public,
+            mac_secret,
+        }
     }
 
     /// The verification key of a seed.
@@ -95,8 +102,12 @@ impl Authenticator for Ed25519Auth {
     }
 
     fn verify(&self, signer: Principal, bytes: &[u8], sig: &[u8]) -> bool {
-        let Some(vk) = self.public.get(&signer) else { return false };
-        let Ok(sig) = <[u8; 64]>::try_from(sig) else { return false };
+        let Some(vk) = self.public.get(&signer) else {
+            return false;
+        };
+        let Ok(sig) = <[u8; 64]>::try_from(sig) else {
+            return false;
+        };
         vk.verify(&Signature::from(sig), bytes).is_ok()
     }
 
@@ -113,9 +124,17 @@ impl Authenticator for Ed25519Auth {
         }
         let rng = rand_chacha::ChaCha20Rng::from_seed(*transcript.finalize().as_bytes());
         for i in items {
-            let Some(vk) = self.public.get(&i.signer) else { return false };
-            let Ok(sig) = <[u8; 64]>::try_from(i.sig) else { return false };
-            batch.queue((vk.into(), Signature::from(sig), &i.bytes));
+            let Some(vk) = self.public.get(&i.signer) else {
+                return false;
+            };
+            let Ok(sig) = <[u8; 64]>::try_from(i.sig) else {
+                return false;
+            };
+            batch.queue((
+                ed25519_consensus::VerificationKeyBytes::from(*vk),
+                Signature::from(sig),
+                &i.bytes,
+            ));
         }
         batch.verify(rng).is_ok()
     }
@@ -126,10 +145,18 @@ impl Authenticator for Ed25519Auth {
 }
 
 fn pair_key(secret: &[u8; 32], a: Principal, b: Principal) -> [u8; 32] {
-    let (lo, hi) = if principal_order(a) <= principal_order(b) { (a, b) } else { (b, a) };
+    let (lo, hi) = if principal_order(a) <= principal_order(b) {
+        (a, b)
+    } else {
+        (b, a)
+    };
     Digest::of_parts(
         "shieldwall pair key v1",
-        &[secret, &principal_order(lo).to_le_bytes(), &principal_order(hi).to_le_bytes()],
+        &[
+            secret,
+            &principal_order(lo).to_le_bytes(),
+            &principal_order(hi).to_le_bytes(),
+        ],
     )
     .0
 }
@@ -160,7 +187,11 @@ impl SimAuth {
     }
 
     fn key_of(&self, p: Principal) -> [u8; 32] {
-        Digest::of_parts("shieldwall sim key v1", &[&self.seed, &principal_order(p).to_le_bytes()]).0
+        Digest::of_parts(
+            "shieldwall sim key v1",
+            &[&self.seed, &principal_order(p).to_le_bytes()],
+        )
+        .0
     }
 }
 
@@ -170,7 +201,9 @@ impl Authenticator for SimAuth {
     }
 
     fn sign(&self, bytes: &[u8]) -> Vec<u8> {
-        blake3::keyed_hash(&self.key_of(self.me), bytes).as_bytes().to_vec()
+        blake3::keyed_hash(&self.key_of(self.me), bytes)
+            .as_bytes()
+            .to_vec()
     }
 
     fn verify(&self, signer: Principal, bytes: &[u8], sig: &[u8]) -> bool {
@@ -202,7 +235,9 @@ mod tests {
         seeds
             .iter()
             .enumerate()
-            .map(|(i, s)| Ed25519Auth::new(Principal::Replica(i as u32), *s, public.clone(), [9; 32]))
+            .map(|(i, s)| {
+                Ed25519Auth::new(Principal::Replica(i as u32), *s, public.clone(), [9; 32])
+            })
             .collect()
     }
 
@@ -211,13 +246,25 @@ mod tests {
         let c = cluster(4);
         let sig = c[1].sign(b"hello");
         assert!(c[0].verify(Principal::Replica(1), b"hello", &sig));
-        assert!(!c[0].verify(Principal::Replica(2), b"hello", &sig), "wrong signer");
-        assert!(!c[0].verify(Principal::Replica(1), b"hellp", &sig), "wrong bytes");
+        assert!(
+            !c[0].verify(Principal::Replica(2), b"hello", &sig),
+            "wrong signer"
+        );
+        assert!(
+            !c[0].verify(Principal::Replica(1), b"hellp", &sig),
+            "wrong bytes"
+        );
         let mut forged = sig.clone();
         forged[3] ^= 1;
         assert!(!c[0].verify(Principal::Replica(1), b"hello", &forged));
-        assert!(!c[0].verify(Principal::Replica(1), b"hello", &sig[..63]), "short signature");
-        assert!(!c[0].verify(Principal::Replica(9), b"hello", &sig), "unknown signer");
+        assert!(
+            !c[0].verify(Principal::Replica(1), b"hello", &sig[..63]),
+            "short signature"
+        );
+        assert!(
+            !c[0].verify(Principal::Replica(9), b"hello", &sig),
+            "unknown signer"
+        );
     }
 
     #[test]
@@ -226,7 +273,11 @@ mod tests {
         let msgs: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 10]).collect();
         let sigs: Vec<Vec<u8>> = (0..4).map(|i| c[i].sign(&msgs[i])).collect();
         let items: Vec<VerifyItem<'_>> = (0..4)
-            .map(|i| VerifyItem { signer: Principal::Replica(i as u32), bytes: &msgs[i], sig: &sigs[i] })
+            .map(|i| VerifyItem {
+                signer: Principal::Replica(i as u32),
+                bytes: &msgs[i],
+                sig: &sigs[i],
+            })
             .collect();
         assert!(c[0].verify_batch(&items));
         let mut bad = items.clone();

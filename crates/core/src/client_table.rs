@@ -45,7 +45,11 @@ impl ClientTable {
     /// Classify `(client, req_seq)` for a client window of `window` requests.
     pub fn lookup(&self, client: ClientId, req_seq: u64, window: u32) -> Lookup<'_> {
         let Some(e) = self.entries.get(&client) else {
-            return if req_seq > u64::from(window) * 2 { Lookup::TooFarAhead } else { Lookup::New };
+            return if req_seq > u64::from(window) * 2 {
+                Lookup::TooFarAhead
+            } else {
+                Lookup::New
+            };
         };
         if let Some(r) = e.replies.get(&req_seq) {
             return Lookup::Executed(r);
@@ -53,7 +57,13 @@ impl ClientTable {
         if req_seq <= e.floor {
             return Lookup::Stale;
         }
-        let top = e.replies.keys().next_back().copied().unwrap_or(e.floor).max(e.floor);
+        let top = e
+            .replies
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(e.floor)
+            .max(e.floor);
         if req_seq > top.saturating_add(u64::from(window) * 2) {
             return Lookup::TooFarAhead;
         }
@@ -81,7 +91,11 @@ impl ClientTable {
 
     /// Fill in the reply of a request already recorded with a placeholder.
     pub fn set_reply(&mut self, client: ClientId, req_seq: u64, reply: Vec<u8>) {
-        if let Some(r) = self.entries.get_mut(&client).and_then(|e| e.replies.get_mut(&req_seq)) {
+        if let Some(r) = self
+            .entries
+            .get_mut(&client)
+            .and_then(|e| e.replies.get_mut(&req_seq))
+        {
             *r = reply;
         }
     }
@@ -118,7 +132,10 @@ mod tests {
         t.record(7, 1, b"r1".to_vec(), 4);
         assert_eq!(t.lookup(7, 1, 4), Lookup::Executed(b"r1"));
         assert!(!t.is_new(7, 1));
-        assert!(t.is_new(7, 3), "out of order within the window still executes");
+        assert!(
+            t.is_new(7, 3),
+            "out of order within the window still executes"
+        );
     }
 
     #[test]

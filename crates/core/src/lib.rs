@@ -12,7 +12,10 @@
 //! checks everything else (sender, view and sequence windows, digests, quorums, duplicates)
 //! before a message touches its state, and counts what it rejects in [`Stats`].
 #![forbid(unsafe_code)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod auth;
 pub mod client_table;
@@ -29,7 +32,7 @@ pub use message::{
     Checkpoint, CheckpointCert, CommittedBatch, Fetch, FetchReply, Message, NewView, PrePrepare,
     PreparedCert, Reply, Request, Signed, SignedRequest, StateSnapshot, ViewChange, Vote,
 };
-pub use replica::{Replica, Stats, Status};
+pub use replica::{compute_new_view, Replica, Stats, Status};
 pub use types::{ClientId, Digest, Principal, ReplicaId, Seq, View};
 
 /// An input to [`Replica::handle`].

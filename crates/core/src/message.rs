@@ -136,8 +136,8 @@ pub struct NewView {
     /// A quorum of view changes for `view` from distinct replicas.
     pub view_changes: Vec<Signed<ViewChange>>,
     /// Re-proposals for every sequence number between the chosen checkpoint and the highest
-    /// prepared one (empty batches fill gaps).
-    pub pre_prepares: Vec<PrePrepare>,
+    /// prepared one (empty batches fill gaps), each signed by the new leader.
+    pub pre_prepares: Vec<Signed<PrePrepare>>,
 }
 
 /// State-transfer request: send me what follows `executed` (the last sequence number I hold).
@@ -403,54 +403,100 @@ mod tests {
     use proptest::prelude::*;
 
     fn arb_request() -> impl Strategy<Value = SignedRequest> {
-        (any::<u64>(), any::<u64>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..64),
-            proptest::collection::vec(any::<u8>(), 0..64))
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        )
             .prop_map(|(client, req_seq, read_only, op, auth)| SignedRequest {
-                request: Request { client, req_seq, read_only, op },
+                request: Request {
+                    client,
+                    req_seq,
+                    read_only,
+                    op,
+                },
                 auth,
             })
     }
 
     fn arb_vote() -> impl Strategy<Value = Signed<Vote>> {
-        (any::<u32>(), any::<u64>(), any::<u64>(), any::<[u8; 32]>(), proptest::collection::vec(any::<u8>(), 0..64))
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        )
             .prop_map(|(from, view, seq, d, sig)| Signed {
                 from,
-                body: Vote { view, seq, batch_digest: Digest(d) },
+                body: Vote {
+                    view,
+                    seq,
+                    batch_digest: Digest(d),
+                },
                 sig,
             })
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            (any::<u32>(), any::<u64>(), any::<u64>(), proptest::collection::vec(arb_request(), 0..4))
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(arb_request(), 0..4)
+            )
                 .prop_map(|(from, view, seq, batch)| Message::PrePrepare(Signed {
                     from,
-                    body: PrePrepare { view, seq, batch_digest: batch_digest(&batch), batch },
+                    body: PrePrepare {
+                        view,
+                        seq,
+                        batch_digest: batch_digest(&batch),
+                        batch
+                    },
                     sig: vec![1; 64],
                 })),
             arb_vote().prop_map(Message::Prepare),
             arb_vote().prop_map(Message::Commit),
             (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(from, executed, view)| {
-                Message::Fetch(Signed { from, body: Fetch { executed, view }, sig: vec![] })
+                Message::Fetch(Signed {
+                    from,
+                    body: Fetch { executed, view },
+                    sig: vec![],
+                })
             }),
-            (any::<u32>(), any::<u64>(), proptest::collection::vec(arb_vote(), 0..4)).prop_map(
-                |(from, view, commits)| Message::ViewChange(Signed {
+            (
+                any::<u32>(),
+                any::<u64>(),
+                proptest::collection::vec(arb_vote(), 0..4)
+            )
+                .prop_map(|(from, view, commits)| Message::ViewChange(Signed {
                     from,
                     body: ViewChange {
                         new_view: view,
-                        checkpoint: CheckpointCert { seq: 0, state_digest: Digest::default(), proof: vec![] },
+                        checkpoint: CheckpointCert {
+                            seq: 0,
+                            state_digest: Digest::default(),
+                            proof: vec![]
+                        },
                         prepared: vec![PreparedCert {
                             pre_prepare: Signed {
                                 from,
-                                body: PrePrepare { view, seq: 1, batch_digest: Digest::default(), batch: vec![] },
+                                body: PrePrepare {
+                                    view,
+                                    seq: 1,
+                                    batch_digest: Digest::default(),
+                                    batch: vec![]
+                                },
                                 sig: vec![],
                             },
                             prepares: commits,
                         }],
                     },
                     sig: vec![7; 64],
-                })
-            ),
+                })),
         ]
     }
 
@@ -477,7 +523,14 @@ mod tests {
 
     #[test]
     fn trailing_bytes_rejected() {
-        let m = Message::Fetch(Signed { from: 1, body: Fetch { executed: 3, view: 0 }, sig: vec![] });
+        let m = Message::Fetch(Signed {
+            from: 1,
+            body: Fetch {
+                executed: 3,
+                view: 0,
+            },
+            sig: vec![],
+        });
         let mut bytes = encode(&m);
         bytes.push(0);
         assert_eq!(decode::<Message>(&bytes), Err(DecodeError::Trailing(1)));
@@ -485,7 +538,14 @@ mod tests {
 
     #[test]
     fn signing_bytes_separate_phases() {
-        let v = Vote { view: 1, seq: 2, batch_digest: Digest([3; 32]) };
-        assert_ne!(vote_signing_bytes(Phase::Prepare, &v), vote_signing_bytes(Phase::Commit, &v));
+        let v = Vote {
+            view: 1,
+            seq: 2,
+            batch_digest: Digest([3; 32]),
+        };
+        assert_ne!(
+            vote_signing_bytes(Phase::Prepare, &v),
+            vote_signing_bytes(Phase::Commit, &v)
+        );
     }
 }

@@ -95,7 +95,10 @@ pub struct Rejection {
 
 impl From<Reject> for Rejection {
     fn from(reason: Reject) -> Self {
-        Rejection { reason, blame: None }
+        Rejection {
+            reason,
+            blame: None,
+        }
     }
 }
 
@@ -109,7 +112,11 @@ pub fn verify_request(
         return Err(Reject::TooLarge);
     }
     let bytes = request.request.signing_bytes();
-    if !auth.verify(Principal::Client(request.request.client), &bytes, &request.auth) {
+    if !auth.verify(
+        Principal::Client(request.request.client),
+        &bytes,
+        &request.auth,
+    ) {
         return Err(Reject::BadClientAuth);
     }
     Ok(())
@@ -125,7 +132,11 @@ pub fn verify_message(
     if from >= config.n {
         return Err(Reject::UnknownSender.into());
     }
-    if !auth.verify(Principal::Replica(from), &message.signing_bytes(), message.signature()) {
+    if !auth.verify(
+        Principal::Replica(from),
+        &message.signing_bytes(),
+        message.signature(),
+    ) {
         return Err(Reject::BadSignature.into());
     }
     match message {
@@ -159,7 +170,11 @@ pub fn verify_message(
                 if vc.body.new_view != nv.view || vc.from >= config.n || !senders.insert(vc.from) {
                     return Err(Reject::BadNewView.into());
                 }
-                if !auth.verify(Principal::Replica(vc.from), &vc.body.signing_bytes(), &vc.sig) {
+                if !auth.verify(
+                    Principal::Replica(vc.from),
+                    &vc.body.signing_bytes(),
+                    &vc.sig,
+                ) {
                     return Err(Reject::BadCertificateSignature.into());
                 }
                 check_view_change(config, auth, &vc.body)?;
@@ -168,10 +183,13 @@ pub fn verify_message(
                 return Err(Reject::BadNewView.into());
             }
             for pp in &nv.pre_prepares {
-                if pp.view != nv.view {
+                if pp.body.view != nv.view || pp.from != from {
                     return Err(Reject::BadNewView.into());
                 }
-                check_batch(config, auth, pp)?;
+                if !auth.verify(Principal::Replica(from), &pp.body.signing_bytes(), &pp.sig) {
+                    return Err(Reject::BadCertificateSignature.into());
+                }
+                check_batch(config, auth, &pp.body)?;
             }
             Ok(())
         }
@@ -252,7 +270,10 @@ fn check_votes(
     need: usize,
 ) -> Result<(), Rejection> {
     let mut signers = BTreeSet::new();
-    let bytes: Vec<Vec<u8>> = votes.iter().map(|v| vote_signing_bytes(phase, &v.body)).collect();
+    let bytes: Vec<Vec<u8>> = votes
+        .iter()
+        .map(|v| vote_signing_bytes(phase, &v.body))
+        .collect();
     for v in votes {
         if v.body != *expected || v.from >= config.n || Some(v.from) == exclude {
             return Err(Reject::BadCertificate.into());
@@ -267,7 +288,11 @@ fn check_votes(
     let items: Vec<VerifyItem<'_>> = votes
         .iter()
         .zip(&bytes)
-        .map(|(v, b)| VerifyItem { signer: Principal::Replica(v.from), bytes: b, sig: &v.sig })
+        .map(|(v, b)| VerifyItem {
+            signer: Principal::Replica(v.from),
+            bytes: b,
+            sig: &v.sig,
+        })
         .collect();
     if !auth.verify_batch(&items) {
         return Err(Reject::BadCertificateSignature.into());
@@ -282,9 +307,13 @@ pub fn check_checkpoint_cert(
     cert: &CheckpointCert,
 ) -> Result<(), Rejection> {
     if cert.seq == 0 {
-        return if cert.proof.is_empty() { Ok(()) } else { Err(Reject::BadCertificate.into()) };
+        return if cert.proof.is_empty() {
+            Ok(())
+        } else {
+            Err(Reject::BadCertificate.into())
+        };
     }
-    if cert.seq % config.checkpoint_interval != 0 {
+    if !cert.seq.is_multiple_of(config.checkpoint_interval) {
         return Err(Reject::BadCertificate.into());
     }
     let mut signers = BTreeSet::new();
@@ -305,7 +334,11 @@ pub fn check_checkpoint_cert(
         .proof
         .iter()
         .zip(&bytes)
-        .map(|(c, b)| VerifyItem { signer: Principal::Replica(c.from), bytes: b, sig: &c.sig })
+        .map(|(c, b)| VerifyItem {
+            signer: Principal::Replica(c.from),
+            bytes: b,
+            sig: &c.sig,
+        })
         .collect();
     if !auth.verify_batch(&items) {
         return Err(Reject::BadCertificateSignature.into());
@@ -325,13 +358,33 @@ pub fn check_prepared_cert(
     if pp.from != leader {
         return Err(Reject::BadCertificate.into());
     }
-    if !auth.verify(Principal::Replica(leader), &pp.body.signing_bytes(), &pp.sig) {
+    if !auth.verify(
+        Principal::Replica(leader),
+        &pp.body.signing_bytes(),
+        &pp.sig,
+    ) {
         return Err(Reject::BadCertificateSignature.into());
     }
     check_batch(config, auth, &pp.body)?;
-    let vote = Vote { view: pp.body.view, seq: pp.body.seq, batch_digest: pp.body.batch_digest };
-    let need = if config.has_prepare_phase() { config.quorum() - 1 } else { 0 };
-    check_votes(config, auth, Phase::Prepare, &vote, &cert.prepares, Some(leader), need)
+    let vote = Vote {
+        view: pp.body.view,
+        seq: pp.body.seq,
+        batch_digest: pp.body.batch_digest,
+    };
+    let need = if config.has_prepare_phase() {
+        config.quorum() - 1
+    } else {
+        0
+    };
+    check_votes(
+        config,
+        auth,
+        Phase::Prepare,
+        &vote,
+        &cert.prepares,
+        Some(leader),
+        need,
+    )
 }
 
 /// A committed batch: valid batch and a quorum of matching commits.
@@ -342,8 +395,20 @@ pub fn check_committed_batch(
 ) -> Result<(), Rejection> {
     check_batch(config, auth, &b.pre_prepare)?;
     let pp = &b.pre_prepare;
-    let vote = Vote { view: pp.view, seq: pp.seq, batch_digest: pp.batch_digest };
-    check_votes(config, auth, Phase::Commit, &vote, &b.commits, None, config.quorum())
+    let vote = Vote {
+        view: pp.view,
+        seq: pp.seq,
+        batch_digest: pp.batch_digest,
+    };
+    check_votes(
+        config,
+        auth,
+        Phase::Commit,
+        &vote,
+        &b.commits,
+        None,
+        config.quorum(),
+    )
 }
 
 /// Every certificate in a view change, and its window rules.

@@ -8,13 +8,18 @@ mod state_transfer;
 mod tests;
 mod view_change;
 
+pub use view_change::compute_new_view;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
 use crate::client_table::ClientTable;
 use crate::config::{Config, ConfigError};
-use crate::message::{CheckpointCert, Message, NewView, PreparedCert, PrePrepare, Signed, SignedRequest, ViewChange, Vote, Checkpoint};
+use crate::message::{
+    Checkpoint, CheckpointCert, Message, NewView, PrePrepare, PreparedCert, Signed, SignedRequest,
+    ViewChange, Vote,
+};
 use crate::types::{ClientId, Digest, ReplicaId, Seq, View};
 use crate::verify::Reject;
 use crate::{Action, Event};
@@ -80,7 +85,6 @@ pub(crate) struct Pending {
 #[derive(Clone, Debug)]
 pub(crate) struct InFlight {
     pub(crate) seq: Seq,
-    pub(crate) view: View,
     pub(crate) keys: Vec<(ClientId, u64)>,
     pub(crate) snapshot: bool,
 }
@@ -140,6 +144,7 @@ pub struct Replica {
     // State transfer.
     pub(crate) fetch: Option<FetchState>,
     pub(crate) fetch_target: Seq,
+    pub(crate) last_fetch_peer: ReplicaId,
 
     pub(crate) stats: Stats,
     pub(crate) out: Vec<Action>,
@@ -166,7 +171,10 @@ impl Replica {
     ) -> Result<Replica, ConfigError> {
         config.validate()?;
         if id >= config.n {
-            return Err(ConfigError::Invalid { field: "id", why: format!("{id} >= n={}", config.n) });
+            return Err(ConfigError::Invalid {
+                field: "id",
+                why: format!("{id} >= n={}", config.n),
+            });
         }
         let vc_timeout_ms = config.view_change_timeout_ms;
         Ok(Replica {
@@ -189,7 +197,11 @@ impl Replica {
             pending_per_client: BTreeMap::new(),
             queue: VecDeque::new(),
             proposed: BTreeSet::new(),
-            stable: CheckpointCert { seq: 0, state_digest: Digest::default(), proof: Vec::new() },
+            stable: CheckpointCert {
+                seq: 0,
+                state_digest: Digest::default(),
+                proof: Vec::new(),
+            },
             stable_state: None,
             own_checkpoints: BTreeMap::new(),
             checkpoint_votes: BTreeMap::new(),
@@ -203,6 +215,7 @@ impl Replica {
             sent_new_view: None,
             fetch: None,
             fetch_target: 0,
+            last_fetch_peer: id,
             stats: Stats::default(),
             out: Vec::new(),
         })
@@ -217,11 +230,10 @@ impl Replica {
         now_ms: u64,
     ) -> Result<Replica, ConfigError> {
         let mut r = Replica::new(config, id, auth)?;
-        r.status = Status::Recovering;
         r.recovering_floor = Some(0);
         r.now_ms = now_ms;
-        r.last_progress_ms = now_ms;
-        // Ask a peer at the first tick.
+        // Ask the peers at the first tick.
+        r.last_progress_ms = now_ms.saturating_sub(r.cfg.fetch_timeout_ms);
         r.fetch_target = 1;
         Ok(r)
     }
@@ -233,7 +245,11 @@ impl Replica {
             Event::Request(r) => self.on_request(r),
             Event::Message(m) => self.on_message(m),
             Event::ProvenFault { from, view } => self.on_proven_fault(from, view),
-            Event::Executed { seq, results, snapshot } => self.on_executed(seq, results, snapshot),
+            Event::Executed {
+                seq,
+                results,
+                snapshot,
+            } => self.on_executed(seq, results, snapshot),
             Event::Tick => self.on_tick(),
         }
         out.append(&mut self.out);

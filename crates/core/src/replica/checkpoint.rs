@@ -1,0 +1,170 @@
+//! Checkpoints (PBFT 4.3): every K sequence numbers each replica signs its state digest; a
+//! quorum of matching digests makes the checkpoint stable, which garbage-collects the log and
+//! advances the watermarks. A replica that sees others stable beyond what it executed fetches
+//! state.
+
+use super::Replica;
+use crate::message::{Checkpoint, CheckpointCert, Message, Signable, Signed, StateSnapshot};
+#[cfg(test)]
+use crate::types::ReplicaId;
+use crate::types::{Digest, Seq};
+use crate::verify::Reject;
+
+impl Replica {
+    /// After executing checkpoint `seq`: record the state and vote for its digest.
+    pub(crate) fn take_checkpoint(&mut self, seq: Seq, service: Vec<u8>) {
+        let clients = self.clients.encode();
+        let digest = StateSnapshot::state_digest(&service, &clients);
+        self.own_checkpoints.insert(seq, (digest, service, clients));
+        if self.may_vote() {
+            let body = Checkpoint {
+                seq,
+                state_digest: digest,
+            };
+            let sig = self.sign_bytes(&body.signing_bytes());
+            let signed = Signed {
+                from: self.id,
+                body,
+                sig,
+            };
+            self.checkpoint_votes
+                .entry(seq)
+                .or_default()
+                .insert(self.id, signed.clone());
+            self.broadcast(Message::Checkpoint(signed));
+            self.checkpoint_resend_ms = self.now_ms + self.cfg.fetch_timeout_ms;
+        }
+        self.check_stable(seq);
+    }
+
+    pub(crate) fn on_checkpoint(&mut self, c: Signed<Checkpoint>) {
+        let seq = c.body.seq;
+        if !seq.is_multiple_of(self.cfg.checkpoint_interval) || seq == 0 {
+            self.reject(Reject::OutOfWindow);
+            return;
+        }
+        if seq <= self.stable.seq {
+            // Old news; harmless (retransmissions).
+            return;
+        }
+        if seq > self.stable.seq + self.cfg.watermark_window {
+            // Beyond what we track: remember only the sender's highest claim (bounded), and
+            // fetch once f+1 replicas (at least one correct) are that far ahead.
+            let e = self.ahead_checkpoints.entry(c.from).or_insert(0);
+            *e = (*e).max(seq);
+            let mut ahead: Vec<Seq> = self.ahead_checkpoints.values().copied().collect();
+            ahead.sort_unstable_by(|a, b| b.cmp(a));
+            if let Some(&s) = ahead.get(self.cfg.weak_quorum() - 1) {
+                self.note_progress_hint(s);
+                self.start_fetch();
+            }
+            return;
+        }
+        let votes = self.checkpoint_votes.entry(seq).or_default();
+        if let Some(old) = votes.get(&c.from) {
+            let reason = if old.body == c.body {
+                Reject::Duplicate
+            } else {
+                Reject::Conflicting
+            };
+            self.reject(reason);
+            return;
+        }
+        votes.insert(c.from, c);
+        self.check_stable(seq);
+    }
+
+    /// Make checkpoint `seq` stable if a quorum signed one digest.
+    fn check_stable(&mut self, seq: Seq) {
+        if seq <= self.stable.seq {
+            return;
+        }
+        let Some(votes) = self.checkpoint_votes.get(&seq) else {
+            return;
+        };
+        let mut by_digest: std::collections::BTreeMap<Digest, Vec<&Signed<Checkpoint>>> =
+            std::collections::BTreeMap::new();
+        for v in votes.values() {
+            by_digest.entry(v.body.state_digest).or_default().push(v);
+        }
+        let quorum = self.cfg.quorum();
+        let Some((digest, proof)) = by_digest.into_iter().find(|(_, v)| v.len() >= quorum) else {
+            return;
+        };
+        let cert = CheckpointCert {
+            seq,
+            state_digest: digest,
+            proof: proof.into_iter().take(quorum).cloned().collect(),
+        };
+        self.make_stable(cert);
+    }
+
+    /// Adopt a stable checkpoint certificate: advance the low watermark, discard the log and
+    /// votes below it, and fetch state if we have not executed that far.
+    pub(crate) fn make_stable(&mut self, cert: CheckpointCert) {
+        if cert.seq <= self.stable.seq {
+            return;
+        }
+        let seq = cert.seq;
+        self.stable_state = match self.own_checkpoints.get(&seq) {
+            Some((d, service, clients)) if *d == cert.state_digest => {
+                Some((service.clone(), clients.clone()))
+            }
+            _ => None,
+        };
+        self.stable = cert;
+        self.stats.stable_checkpoints += 1;
+        self.slots = self.slots.split_off(&(seq + 1));
+        self.checkpoint_votes = self.checkpoint_votes.split_off(&(seq + 1));
+        self.own_checkpoints = self.own_checkpoints.split_off(&(seq + 1));
+        self.ahead_checkpoints.retain(|_, s| *s > seq);
+        if self.next_seq <= seq {
+            self.next_seq = seq + 1;
+        }
+        if self.last_executed < seq {
+            // PBFT 4.3 / 5.3: others have a stable state we do not: transfer it.
+            self.note_progress_hint(seq);
+            self.start_fetch();
+        }
+        self.try_propose();
+    }
+
+    /// When own checkpoint votes above the stable one should be re-sent (they may have been
+    /// lost, and the window cannot advance without them).
+    pub(crate) fn checkpoint_resend_deadline(&self) -> Option<u64> {
+        if !self.may_vote() {
+            return None;
+        }
+        self.own_checkpoints.keys().next_back()?;
+        Some(self.checkpoint_resend_ms)
+    }
+
+    pub(crate) fn tick_checkpoints(&mut self) {
+        let Some(deadline) = self.checkpoint_resend_deadline() else {
+            return;
+        };
+        if self.now_ms < deadline {
+            return;
+        }
+        self.checkpoint_resend_ms = self.now_ms + self.cfg.fetch_timeout_ms;
+        let own: Option<Signed<Checkpoint>> = self
+            .own_checkpoints
+            .keys()
+            .next_back()
+            .and_then(|s| self.checkpoint_votes.get(s))
+            .and_then(|v| v.get(&self.id))
+            .cloned();
+        if let Some(c) = own {
+            self.broadcast(Message::Checkpoint(c));
+        }
+    }
+
+    /// Number of distinct replicas whose checkpoint votes we hold for `seq` (for tests).
+    #[cfg(test)]
+    pub(crate) fn checkpoint_voters(&self, seq: Seq) -> Vec<ReplicaId> {
+        self.checkpoint_votes
+            .get(&seq)
+            .map(|v| v.keys().copied().collect())
+            .unwrap_or_default()
+    }
+}
