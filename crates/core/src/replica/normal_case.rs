@@ -67,7 +67,8 @@ impl Replica {
         let window_top = self.stable.seq + self.cfg.watermark_window;
         while !self.queue.is_empty()
             && self.next_seq <= window_top
-            && self.next_seq - 1 - self.last_executed < u64::from(self.cfg.pipeline_window)
+            && (self.next_seq - 1).saturating_sub(self.last_executed)
+                < u64::from(self.cfg.pipeline_window)
         {
             let mut batch = Vec::new();
             let mut bytes = 0usize;
@@ -94,8 +95,8 @@ impl Replica {
             if batch.is_empty() {
                 break;
             }
-            let seq = self.next_seq;
-            self.next_seq += 1;
+            let seq = self.next_seq.max(self.last_executed + 1);
+            self.next_seq = seq + 1;
             let body = PrePrepare {
                 view: self.view,
                 seq,
