@@ -67,7 +67,8 @@ impl Replica {
         let window_top = self.stable.seq + self.cfg.watermark_window;
         while !self.queue.is_empty()
             && self.next_seq <= window_top
-            && self.next_seq - 1 - self.last_executed < u64::from(self.cfg.pipeline_window)
+            && (self.next_seq - 1).saturating_sub(self.last_executed)
+                < u64::from(self.cfg.pipeline_window)
         {
             let mut batch = Vec::new();
             let mut bytes = 0usize;
@@ -94,8 +95,8 @@ impl Replica {
             if batch.is_empty() {
                 break;
             }
-            let seq = self.next_seq;
-            self.next_seq += 1;
+            let seq = self.next_seq.max(self.last_executed + 1);
+            self.next_seq = seq + 1;
             let body = PrePrepare {
                 view: self.view,
                 seq,
@@ -255,7 +256,7 @@ impl Replica {
         let Some(slot) = self.slots.get_mut(&seq) else {
             return;
         };
-        let Some(pp) = slot.pre_prepare.clone() else {
+        let Some(pp) = slot.pre_prepare.as_ref() else {
             return;
         };
         let vote = Vote {
@@ -302,8 +303,11 @@ impl Replica {
                 .take(quorum)
                 .cloned()
                 .collect();
+            let Some(pp) = slot.pre_prepare.as_ref() else {
+                return;
+            };
             slot.committed = Some(CommittedBatch {
-                pre_prepare: pp.body,
+                pre_prepare: pp.body.clone(),
                 commits,
             });
             self.note_progress_hint(seq);
@@ -323,11 +327,12 @@ impl Replica {
             return;
         };
         let view = committed.pre_prepare.view;
-        let mut keys = Vec::new();
-        let mut requests = Vec::new();
+        let mut keys = Vec::with_capacity(committed.pre_prepare.batch.len());
+        let mut requests = Vec::with_capacity(committed.pre_prepare.batch.len());
+        let mut seen = std::collections::HashSet::with_capacity(committed.pre_prepare.batch.len());
         for r in &committed.pre_prepare.batch {
             let key = (r.request.client, r.request.req_seq);
-            if self.clients.is_new(key.0, key.1) && !keys.contains(&key) {
+            if self.clients.is_new(key.0, key.1) && seen.insert(key) {
                 keys.push(key);
                 requests.push(r.request.clone());
             }
