@@ -351,12 +351,21 @@ pub fn check_linearizability<'a>(
             .any(|c| crate::service::KvResult::Value(c.clone()).encode() == op.result);
         if !ok {
             violations.push(format!(
-                "linearizability: read-only client {} req_seq {} of {:?} returned {:?}, not a \
-                 value the key had between positions {lo:?} and {hi:?}",
+                "linearizability: read-only client {} req_seq {} of {:?} invoked at {} ms returned \
+                 {:?}, not a value the key had between positions {lo:?} and {hi:?} (history: {})",
                 op.client,
                 op.req_seq,
                 String::from_utf8_lossy(key),
-                String::from_utf8_lossy(&op.result)
+                op.invoke_ms,
+                String::from_utf8_lossy(&op.result),
+                history
+                    .iter()
+                    .map(|(p, v)| format!(
+                        "{p}:{:?}",
+                        String::from_utf8_lossy(v.as_deref().unwrap_or_default())
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ));
         }
     }

@@ -146,6 +146,15 @@ pub(crate) struct Partition {
     pub(crate) side: Vec<bool>,
 }
 
+/// A crash followed by a restart without state.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CrashPlan {
+    pub(crate) at_ms: u64,
+    /// The replica, or `None` for the leader of the highest view at that time.
+    pub(crate) victim: Option<ReplicaId>,
+    pub(crate) down_ms: u64,
+}
+
 /// Everything a run's faults consist of, drawn from the seed.
 #[derive(Clone, Debug)]
 pub(crate) struct Plan {
@@ -157,8 +166,7 @@ pub(crate) struct Plan {
     pub(crate) slow_extra_ms: (u64, u64),
     pub(crate) partitions: Vec<Partition>,
     pub(crate) crash_leader_at: Vec<u64>,
-    pub(crate) crashes: Vec<(u64, ReplicaId)>,
-    pub(crate) restarts: Vec<(u64, ReplicaId)>,
+    pub(crate) crashes: Vec<CrashPlan>,
     pub(crate) fault_end_ms: u64,
 }
 
@@ -183,7 +191,6 @@ pub(crate) fn plan(
         partitions: Vec::new(),
         crash_leader_at: Vec::new(),
         crashes: Vec::new(),
-        restarts: Vec::new(),
         fault_end_ms: 1500,
     };
     if let Some(fault) = scenario.replica_fault() {
@@ -236,12 +243,21 @@ pub(crate) fn plan(
         }
         Scenario::CrashRestart => {
             let mut t = rng.gen_range(20..300);
-            for _ in 0..rng.gen_range(1..=3) {
-                let r = rng.gen_range(0..n);
-                let back = t + rng.gen_range(50..800);
-                p.crashes.push((t, r));
-                p.restarts.push((back, r));
-                t = back + rng.gen_range(50..400);
+            for _ in 0..rng.gen_range(1..=4) {
+                // Half the time the current leader, which also forces the view change that
+                // ends an earlier victim's recovery (ADR 002).
+                let victim = if rng.gen_bool(0.5) {
+                    None
+                } else {
+                    Some(rng.gen_range(0..n))
+                };
+                let down_ms = rng.gen_range(50..800);
+                p.crashes.push(CrashPlan {
+                    at_ms: t,
+                    victim,
+                    down_ms,
+                });
+                t += down_ms + rng.gen_range(50..400);
             }
             p.fault_end_ms = t.max(p.fault_end_ms);
         }

@@ -11,7 +11,7 @@ use shieldwall_core::message::{decode, encode};
 use shieldwall_core::verify::{verify_message, verify_request};
 use shieldwall_core::{
     Action, Authenticator, ClientId, Config, Digest, Event, Message, Principal, Replica, ReplicaId,
-    Reply, Request, SignedRequest, SimAuth,
+    Reply, Request, SignedRequest, SimAuth, Status,
 };
 
 use crate::byzantine::{Byzantine, ReplicaFault};
@@ -48,7 +48,10 @@ enum Payload {
         client: ClientId,
     },
     CrashLeader,
-    Crash(ReplicaId),
+    Crash {
+        victim: Option<ReplicaId>,
+        down_ms: u64,
+    },
     Restart(ReplicaId),
     EndFaults,
 }
@@ -234,11 +237,14 @@ impl World {
         for t in &plan.crash_leader_at {
             self.push(*t, Payload::CrashLeader);
         }
-        for (t, r) in &plan.crashes {
-            self.push(*t, Payload::Crash(*r));
-        }
-        for (t, r) in &plan.restarts {
-            self.push(*t, Payload::Restart(*r));
+        for c in &plan.crashes {
+            self.push(
+                c.at_ms,
+                Payload::Crash {
+                    victim: c.victim,
+                    down_ms: c.down_ms,
+                },
+            );
         }
         self.push(plan.fault_end_ms, Payload::EndFaults);
         for c in 0..self.clients.len() {
@@ -581,21 +587,45 @@ impl World {
         }
     }
 
-    fn crash_leader(&mut self) {
-        // The leader of the highest view a live replica is in.
+    /// Replicas that count against f: down, recovering from amnesia (ADR 002) or Byzantine.
+    fn faulty(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                !n.honest
+                    || n.replica
+                        .as_ref()
+                        .is_none_or(|r| r.status() == Status::Recovering)
+            })
+            .count()
+    }
+
+    /// Crash `r` if that keeps the faulty replicas within f; whether it crashed.
+    fn crash_within_budget(&mut self, r: ReplicaId) -> bool {
+        let already = self.nodes.get(r as usize).is_none_or(|n| {
+            !n.honest
+                || n.replica
+                    .as_ref()
+                    .is_none_or(|r| r.status() == Status::Recovering)
+        });
+        if !already && self.faulty() < self.cfg.f as usize {
+            self.crash(r);
+            return true;
+        }
+        false
+    }
+
+    /// The leader of the highest view a live correct replica is in.
+    fn current_leader(&self) -> ReplicaId {
         let view = self
             .nodes
             .iter()
+            .filter(|n| n.honest)
             .filter_map(|n| n.replica.as_ref())
             .map(|r| r.view())
-            .max();
-        if let Some(view) = view {
-            let leader = self.cfg.leader(view);
-            let down = self.nodes.iter().filter(|n| n.replica.is_none()).count();
-            if down < self.cfg.f as usize {
-                self.crash(leader);
-            }
-        }
+            .max()
+            .unwrap_or(0);
+        self.cfg.leader(view)
     }
 
     // ---- clients -------------------------------------------------------------------------
@@ -671,8 +701,15 @@ impl World {
                 }
                 self.client_out(client, out);
             }
-            Payload::CrashLeader => self.crash_leader(),
-            Payload::Crash(r) => self.crash(r),
+            Payload::CrashLeader => {
+                self.crash_within_budget(self.current_leader());
+            }
+            Payload::Crash { victim, down_ms } => {
+                let victim = victim.unwrap_or_else(|| self.current_leader());
+                if self.crash_within_budget(victim) {
+                    self.push(self.now_ms + down_ms, Payload::Restart(victim));
+                }
+            }
             Payload::Restart(r) => self.restart(r),
             Payload::EndFaults => {
                 self.clean = true;
@@ -683,7 +720,7 @@ impl World {
                     .filter(|&r| self.nodes[r as usize].replica.is_none())
                     .collect();
                 // Crash-restart victims come back; crashed leaders stay down (f of them).
-                if !self.plan.restarts.is_empty() {
+                if !self.plan.crashes.is_empty() {
                     for r in crashed {
                         self.restart(r);
                     }
