@@ -40,6 +40,12 @@ struct SimArgs {
     /// byzantine or crash.
     #[arg(long, default_value = "byzantine")]
     fault_model: FaultModel,
+    /// Requests each correct client keeps outstanding.
+    #[arg(long, default_value_t = 2)]
+    client_window: usize,
+    /// Send every read as an ordered request (no read-only optimisation).
+    #[arg(long)]
+    no_read_only: bool,
     /// List the scenario names and exit.
     #[arg(long)]
     list: bool,
@@ -87,7 +93,11 @@ fn sim(args: SimArgs) -> ExitCode {
     let n = args
         .replicas
         .unwrap_or_else(|| SimParams::default_replicas(args.fault_model));
-    let base = SimParams::new(0, n, args.fault_model);
+    let base = SimParams {
+        client_window: args.client_window,
+        read_only: !args.no_read_only,
+        ..SimParams::new(0, n, args.fault_model)
+    };
 
     if let Some(seed) = args.seed {
         let mut failed = false;

@@ -32,6 +32,8 @@ pub struct ClientParams {
     pub ops: u32,
     /// Requests outstanding at once.
     pub window: usize,
+    /// Whether reads go out read-only (most of the time) or always ordered.
+    pub read_only: bool,
     /// Retransmission period of ordered requests.
     pub retransmit_ms: u64,
     /// How long a read-only request waits before falling back to an ordered one.
@@ -244,7 +246,7 @@ impl Client {
             self.ops_left -= 1;
             let op = self.random_op(self.next_req_seq);
             // Reads go out read-only most of the time, ordered sometimes.
-            let read_only = op.is_read() && self.rng.gen_bool(0.7);
+            let read_only = op.is_read() && self.rng.gen_bool(0.7) && self.params.read_only;
             self.issue(now_ms, op, read_only, now_ms, out);
             self.next_issue_ms = now_ms + self.rng.gen_range(0..20);
         }

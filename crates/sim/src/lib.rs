@@ -39,6 +39,10 @@ pub struct SimParams {
     pub clients: u32,
     /// Operations per correct client.
     pub ops_per_client: u32,
+    /// Requests a correct client keeps outstanding at once.
+    pub client_window: usize,
+    /// Whether correct clients send reads as read-only requests (else reads are ordered).
+    pub read_only: bool,
     /// Simulated time after the faults stop within which every correct request must complete.
     pub liveness_ms: u64,
     /// Events processed before a run is declared stuck.
@@ -57,6 +61,8 @@ impl SimParams {
             fault_model,
             clients: 3,
             ops_per_client: 40,
+            client_window: 2,
+            read_only: true,
             liveness_ms: 60_000,
             max_steps: 2_000_000,
             inject: None,
@@ -122,13 +128,21 @@ pub fn run(scenario: Scenario, params: SimParams) -> RunReport {
 
 /// The command that replays one run.
 pub fn replay_command(scenario: Scenario, params: &SimParams) -> String {
-    format!(
+    let mut cmd = format!(
         "shieldwall sim --scenario {} --replicas {} --fault-model {} --seed {}",
         scenario.name(),
         params.n,
         params.fault_model,
         params.seed
-    )
+    );
+    let defaults = SimParams::new(params.seed, params.n, params.fault_model);
+    if params.client_window != defaults.client_window {
+        cmd.push_str(&format!(" --client-window {}", params.client_window));
+    }
+    if !params.read_only {
+        cmd.push_str(" --no-read-only");
+    }
+    cmd
 }
 
 /// A failed run of a campaign.

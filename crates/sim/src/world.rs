@@ -182,7 +182,8 @@ impl World {
         }
         let client_params = |ops| ClientParams {
             ops,
-            window: 2,
+            window: params.client_window.max(1),
+            read_only: params.read_only,
             retransmit_ms: 300,
             read_timeout_ms: 150,
             n: cfg.n,
