@@ -46,6 +46,9 @@ struct SimArgs {
     /// Send every read as an ordered request (no read-only optimisation).
     #[arg(long)]
     no_read_only: bool,
+    /// With --seed: print every delivered message and execution to stderr.
+    #[arg(long)]
+    trace: bool,
     /// List the scenario names and exit.
     #[arg(long)]
     list: bool,
@@ -102,7 +105,11 @@ fn sim(args: SimArgs) -> ExitCode {
     if let Some(seed) = args.seed {
         let mut failed = false;
         for s in scenarios {
-            let params = SimParams { seed, ..base };
+            let params = SimParams {
+                seed,
+                trace: args.trace,
+                ..base
+            };
             let r = run(s, params);
             println!(
                 "{s}: seed {seed}: steps {} commits {} view changes {} ops {} sim time {} ms, \

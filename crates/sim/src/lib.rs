@@ -47,6 +47,8 @@ pub struct SimParams {
     pub liveness_ms: u64,
     /// Events processed before a run is declared stuck.
     pub max_steps: u64,
+    /// Print a trace of every delivered message and execution to stderr (for replays).
+    pub trace: bool,
     /// A deliberate bug, to test that the checkers fail (tests only).
     #[doc(hidden)]
     pub inject: Option<Injection>,
@@ -65,6 +67,7 @@ impl SimParams {
             read_only: true,
             liveness_ms: 60_000,
             max_steps: 2_000_000,
+            trace: false,
             inject: None,
         }
     }

@@ -437,6 +437,13 @@ impl World {
         let inject = self.params.inject;
         let node = &mut self.nodes[r as usize];
         let process = (r, node.incarnation);
+        if self.params.trace {
+            let reqs: Vec<String> = requests
+                .iter()
+                .map(|q| format!("{}:{}", q.client, q.req_seq))
+                .collect();
+            eprintln!("{now:>6} r{r} EXECUTE seq {seq} [{}]", reqs.join(","));
+        }
         if node.honest {
             let mut seen: Vec<Request> = requests.to_vec();
             if inject == Some(Injection::DivergentExecution { replica: r }) && !seen.is_empty() {
@@ -480,6 +487,9 @@ impl World {
         let process = (r, node.incarnation);
         match KvService::restore(bytes) {
             Ok(service) => {
+                if self.params.trace {
+                    eprintln!("{:>6} r{r} RESTORE seq {seq}", self.now_ms);
+                }
                 let snap = service.snapshot();
                 node.service = service;
                 if node.honest {
@@ -514,7 +524,12 @@ impl World {
             }
         };
         match verify_message(&self.cfg, node.auth.as_ref(), &message) {
-            Ok(()) => self.replica_event(to, Event::Message(message)),
+            Ok(()) => {
+                if self.params.trace {
+                    eprintln!("{:>6} r{to} <- {}", self.now_ms, summary(&message));
+                }
+                self.replica_event(to, Event::Message(message))
+            }
             Err(rejection) => {
                 replica.note_rejected(rejection.reason);
                 if let Some((from, view)) = rejection.blame {
@@ -552,6 +567,9 @@ impl World {
     }
 
     fn crash(&mut self, r: ReplicaId) {
+        if self.params.trace {
+            eprintln!("{:>6} r{r} CRASH", self.now_ms);
+        }
         let Some(node) = self.nodes.get_mut(r as usize) else {
             return;
         };
@@ -578,6 +596,9 @@ impl World {
         let auth = node.auth.clone() as Arc<dyn Authenticator>;
         match Replica::restarted(cfg, r, auth, now) {
             Ok(replica) => {
+                if self.params.trace {
+                    eprintln!("{now:>6} r{r} RESTART");
+                }
                 node.replica = Some(replica);
                 node.service = KvService::new();
                 self.reschedule_tick(r);
@@ -820,5 +841,90 @@ impl World {
                 .collect(),
             violations: self.checker.violations(),
         }
+    }
+}
+
+/// One line describing a message, for traces.
+fn summary(m: &Message) -> String {
+    let reqs = |b: &[SignedRequest]| {
+        b.iter()
+            .map(|r| format!("{}:{}", r.request.client, r.request.req_seq))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match m {
+        Message::PrePrepare(p) => format!(
+            "PRE-PREPARE from {} v{} s{} {:?} [{}]",
+            p.from,
+            p.body.view,
+            p.body.seq,
+            p.body.batch_digest,
+            reqs(&p.body.batch)
+        ),
+        Message::Prepare(v) => {
+            format!(
+                "PREPARE from {} v{} s{} {:?}",
+                v.from, v.body.view, v.body.seq, v.body.batch_digest
+            )
+        }
+        Message::Commit(v) => {
+            format!(
+                "COMMIT from {} v{} s{} {:?}",
+                v.from, v.body.view, v.body.seq, v.body.batch_digest
+            )
+        }
+        Message::Checkpoint(c) => format!("CHECKPOINT from {} s{}", c.from, c.body.seq),
+        Message::ViewChange(vc) => format!(
+            "VIEW-CHANGE from {} to v{} ckpt {} prepared [{}]",
+            vc.from,
+            vc.body.new_view,
+            vc.body.checkpoint.seq,
+            vc.body
+                .prepared
+                .iter()
+                .map(|p| format!(
+                    "s{}v{}{:?}",
+                    p.pre_prepare.body.seq,
+                    p.pre_prepare.body.view,
+                    p.pre_prepare.body.batch_digest
+                ))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Message::NewView(nv) => format!(
+            "NEW-VIEW from {} v{} vcs {} proposals [{}]",
+            nv.from,
+            nv.body.view,
+            nv.body.view_changes.len(),
+            nv.body
+                .pre_prepares
+                .iter()
+                .map(|p| {
+                    format!(
+                        "s{}{:?}[{}]",
+                        p.body.seq,
+                        p.body.batch_digest,
+                        reqs(&p.body.batch)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Message::Fetch(f) => format!(
+            "FETCH from {} executed {} v{}",
+            f.from, f.body.executed, f.body.view
+        ),
+        Message::FetchReply(r) => format!(
+            "FETCH-REPLY from {} v{} snapshot {:?} batches [{}]",
+            r.from,
+            r.body.view,
+            r.body.snapshot.as_ref().map(|s| s.checkpoint.seq),
+            r.body
+                .batches
+                .iter()
+                .map(|b| format!("s{}", b.pre_prepare.seq))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
     }
 }
