@@ -7,8 +7,14 @@ use std::collections::VecDeque;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use shieldwall_core::message::Signable;
 use shieldwall_core::message::{batch_digest, encode};
-use shieldwall_core::{Authenticator, ClientId, Digest, Message, ReplicaId, Reply, SimAuth};
+use shieldwall_core::{
+    Authenticator, CheckpointCert, ClientId, Digest, Message, ReplicaId, Reply, Signed, SimAuth,
+    ViewChange,
+};
+
+use crate::service::{KvOp, KvService};
 
 /// A Byzantine replica's behaviour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +41,13 @@ pub enum ReplicaFault {
     Slow,
     /// Drops requests from one client and never proposes them.
     CensorClient(ClientId),
+    /// Sends view changes claiming nothing prepared (and sometimes only the genesis
+    /// checkpoint), spurious view changes for future views, and as leader NEW-VIEWs whose
+    /// re-proposals differ from what the view changes dictate.
+    LyingViewChange,
+    /// Answers state transfer with forged snapshots and batches that do not match their
+    /// certificates, and checkpoints for random state digests.
+    LyingStateTransfer,
 }
 
 impl ReplicaFault {
@@ -55,6 +68,27 @@ pub struct Byzantine {
     auth: SimAuth,
     rng: ChaCha8Rng,
     sent: VecDeque<Message>,
+    max_view: u64,
+}
+
+fn view_of(message: &Message) -> Option<u64> {
+    Some(match message {
+        Message::PrePrepare(m) => m.body.view,
+        Message::Prepare(m) | Message::Commit(m) => m.body.view,
+        Message::ViewChange(m) => m.body.new_view,
+        Message::NewView(m) => m.body.view,
+        Message::Fetch(m) => m.body.view,
+        Message::FetchReply(m) => m.body.view,
+        Message::Checkpoint(_) => return None,
+    })
+}
+
+fn genesis() -> CheckpointCert {
+    CheckpointCert {
+        seq: 0,
+        state_digest: Digest::default(),
+        proof: Vec::new(),
+    }
 }
 
 fn set_sig(message: &mut Message, sig: Vec<u8>) {
@@ -97,6 +131,7 @@ impl Byzantine {
             auth,
             rng,
             sent: VecDeque::new(),
+            max_view: 0,
         }
     }
 
@@ -122,7 +157,73 @@ impl Byzantine {
     /// The byte strings actually sent to `to` instead of `message`.
     pub fn outbound(&mut self, to: ReplicaId, message: &Message) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
+        if let Some(v) = view_of(message) {
+            self.max_view = self.max_view.max(v);
+        }
         match self.fault {
+            ReplicaFault::LyingViewChange => {
+                let mut m = message.clone();
+                match &mut m {
+                    Message::ViewChange(vc) => {
+                        vc.body.prepared.clear();
+                        if self.rng.gen_bool(0.5) {
+                            vc.body.checkpoint = genesis();
+                        }
+                    }
+                    Message::NewView(nv) if self.rng.gen_bool(0.7) => {
+                        if let Some(pp) = nv.body.pre_prepares.last_mut() {
+                            pp.body.batch.clear();
+                            pp.body.batch_digest = batch_digest(&[]);
+                            pp.sig = self.auth.sign(&pp.body.signing_bytes());
+                        } else {
+                            nv.body.view_changes.pop();
+                        }
+                    }
+                    _ => {}
+                }
+                self.resign(&mut m);
+                out.push(encode(&m));
+                if self.rng.gen_bool(0.05) {
+                    let mut vc = Message::ViewChange(Signed {
+                        from: self.id,
+                        body: ViewChange {
+                            new_view: self.max_view + self.rng.gen_range(1..4),
+                            checkpoint: genesis(),
+                            prepared: Vec::new(),
+                        },
+                        sig: Vec::new(),
+                    });
+                    self.resign(&mut vc);
+                    out.push(encode(&vc));
+                }
+            }
+            ReplicaFault::LyingStateTransfer => {
+                let mut m = message.clone();
+                match &mut m {
+                    Message::FetchReply(r) => {
+                        if let Some(snap) = r.body.snapshot.as_mut() {
+                            let mut forged = KvService::new();
+                            forged.apply(&KvOp::Put(b"k0".to_vec(), b"forged".to_vec()));
+                            snap.service = forged.snapshot();
+                        }
+                        if let Some(b) = r.body.batches.last_mut() {
+                            if self.rng.gen_bool(0.5) || b.pre_prepare.batch.is_empty() {
+                                b.commits.truncate(1);
+                            } else {
+                                b.pre_prepare.batch.reverse();
+                                b.pre_prepare.batch.pop();
+                                b.pre_prepare.batch_digest = batch_digest(&b.pre_prepare.batch);
+                            }
+                        }
+                    }
+                    Message::Checkpoint(c) if self.rng.gen_bool(0.5) => {
+                        c.body.state_digest = self.random_digest();
+                    }
+                    _ => {}
+                }
+                self.resign(&mut m);
+                out.push(encode(&m));
+            }
             ReplicaFault::Slow | ReplicaFault::CensorClient(_) => out.push(encode(message)),
             ReplicaFault::Silent => {}
             ReplicaFault::Equivocate => {

@@ -41,6 +41,12 @@ pub enum Scenario {
     SlowReplica,
     /// f leaders drop one client's requests.
     CensorClient,
+    /// f replicas lie in view changes (nothing prepared, genesis checkpoint, spurious future
+    /// views, bad NEW-VIEWs) while an honest replica is cut off for a while.
+    LyingViewChange,
+    /// f replicas forge state-transfer replies and checkpoints while an honest replica is cut
+    /// off and has to catch up.
+    LyingStateTransfer,
     /// A client sends requests with bad authenticators or another client's identity.
     BadClientAuth,
     /// A client signs different operations under one request number.
@@ -51,7 +57,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 18] = [
+    pub const ALL: [Scenario; 20] = [
         Scenario::Baseline,
         Scenario::Lossy,
         Scenario::Partition,
@@ -67,6 +73,8 @@ impl Scenario {
         Scenario::Silent,
         Scenario::SlowReplica,
         Scenario::CensorClient,
+        Scenario::LyingViewChange,
+        Scenario::LyingStateTransfer,
         Scenario::BadClientAuth,
         Scenario::ReusedSeq,
         Scenario::ClientFlood,
@@ -90,6 +98,8 @@ impl Scenario {
             Scenario::Silent => "silent",
             Scenario::SlowReplica => "slow-replica",
             Scenario::CensorClient => "censor-client",
+            Scenario::LyingViewChange => "lying-view-change",
+            Scenario::LyingStateTransfer => "lying-state-transfer",
             Scenario::BadClientAuth => "bad-client-auth",
             Scenario::ReusedSeq => "reused-seq",
             Scenario::ClientFlood => "client-flood",
@@ -114,6 +124,8 @@ impl Scenario {
             Scenario::Silent => ReplicaFault::Silent,
             Scenario::SlowReplica => ReplicaFault::Slow,
             Scenario::CensorClient => ReplicaFault::CensorClient(0),
+            Scenario::LyingViewChange => ReplicaFault::LyingViewChange,
+            Scenario::LyingStateTransfer => ReplicaFault::LyingStateTransfer,
             _ => return None,
         })
     }
@@ -260,6 +272,23 @@ pub(crate) fn plan(
                 t += down_ms + rng.gen_range(50..400);
             }
             p.fault_end_ms = t.max(p.fault_end_ms);
+        }
+        Scenario::LyingViewChange | Scenario::LyingStateTransfer => {
+            // Cut one honest replica off so that it needs view changes and state transfer.
+            let honest: Vec<ReplicaId> = (0..n)
+                .filter(|r| !p.byzantine.iter().any(|(b, _)| b == r))
+                .collect();
+            if let Some(&victim) = honest.choose(rng) {
+                let start_ms = rng.gen_range(20..400);
+                let end_ms = start_ms + rng.gen_range(300..1200);
+                let side = (0..n).map(|r| r == victim).collect();
+                p.partitions.push(Partition {
+                    start_ms,
+                    end_ms,
+                    side,
+                });
+                p.fault_end_ms = p.fault_end_ms.max(end_ms + 100);
+            }
         }
         Scenario::BadClientAuth => p.clients.push((ClientKind::BadAuth, 60)),
         Scenario::ReusedSeq => p.clients.push((ClientKind::ReusedSeq, 60)),

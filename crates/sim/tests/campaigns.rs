@@ -7,7 +7,7 @@
 use shieldwall_core::FaultModel;
 use shieldwall_sim::{campaign, Scenario, SimParams};
 
-const DEFAULT_SEEDS: u64 = 340;
+const DEFAULT_SEEDS: u64 = 1000;
 
 fn seeds(large: bool) -> u64 {
     let base = std::env::var("SHIELDWALL_SIM_SEEDS")
@@ -89,6 +89,8 @@ campaigns! {
     silent: Silent, byzantine;
     slow_replica: SlowReplica, byzantine;
     censor_client: CensorClient, byzantine;
+    lying_view_change: LyingViewChange, byzantine;
+    lying_state_transfer: LyingStateTransfer, byzantine;
     bad_client_auth: BadClientAuth, all;
     reused_seq: ReusedSeq, all;
     client_flood: ClientFlood, all;
@@ -97,7 +99,7 @@ campaigns! {
 #[test]
 fn every_scenario_has_a_campaign() {
     // Keep the macro list above in step with Scenario::ALL.
-    assert_eq!(Scenario::ALL.len(), 18);
+    assert_eq!(Scenario::ALL.len(), 20);
     for s in Scenario::ALL {
         assert_eq!(Scenario::from_name(s.name()), Some(s));
         assert_eq!(s.applies_to(FaultModel::Crash), s.replica_fault().is_none());
