@@ -46,6 +46,9 @@ struct SimArgs {
     /// Send every read as an ordered request (no read-only optimisation).
     #[arg(long)]
     no_read_only: bool,
+    /// Sign with real Ed25519 keys (slow) instead of the simulated authenticator.
+    #[arg(long)]
+    ed25519: bool,
     /// With --seed: print every delivered message and execution to stderr.
     #[arg(long)]
     trace: bool,
@@ -99,6 +102,7 @@ fn sim(args: SimArgs) -> ExitCode {
     let base = SimParams {
         client_window: args.client_window,
         read_only: !args.no_read_only,
+        ed25519: args.ed25519,
         ..SimParams::new(0, n, args.fault_model)
     };
 

@@ -4,14 +4,14 @@
 //! "forged" messages claim another sender with a garbage signature.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use shieldwall_core::message::Signable;
 use shieldwall_core::message::{batch_digest, encode};
 use shieldwall_core::{
-    Authenticator, CheckpointCert, ClientId, Digest, Message, ReplicaId, Reply, Signed, SimAuth,
-    ViewChange,
+    Authenticator, CheckpointCert, ClientId, Digest, Message, ReplicaId, Reply, Signed, ViewChange,
 };
 
 use crate::service::{KvOp, KvService};
@@ -65,7 +65,7 @@ pub struct Byzantine {
     fault: ReplicaFault,
     id: ReplicaId,
     n: u32,
-    auth: SimAuth,
+    auth: Arc<dyn Authenticator>,
     rng: ChaCha8Rng,
     sent: VecDeque<Message>,
     max_view: u64,
@@ -121,7 +121,7 @@ impl Byzantine {
         fault: ReplicaFault,
         id: ReplicaId,
         n: u32,
-        auth: SimAuth,
+        auth: Arc<dyn Authenticator>,
         rng: ChaCha8Rng,
     ) -> Byzantine {
         Byzantine {

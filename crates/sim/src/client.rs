@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use shieldwall_core::message::encode;
-use shieldwall_core::{Authenticator, ClientId, ReplicaId, Reply, Request, SignedRequest, SimAuth};
+use std::sync::Arc;
+
+use shieldwall_core::{Authenticator, ClientId, ReplicaId, Reply, Request, SignedRequest};
 
 use crate::checker::OpRecord;
 use crate::service::KvOp;
@@ -77,7 +79,7 @@ struct Outstanding {
 pub struct Client {
     id: ClientId,
     kind: ClientKind,
-    auth: SimAuth,
+    auth: Arc<dyn Authenticator>,
     params: ClientParams,
     rng: ChaCha8Rng,
     next_req_seq: u64,
@@ -92,18 +94,18 @@ pub struct Client {
 const KEYS: u64 = 6;
 
 impl Client {
-    /// A client of `kind` in the cluster keyed by `cluster_seed`.
+    /// A client of `kind` signing with `auth` (its own key only).
     pub fn new(
         id: ClientId,
         kind: ClientKind,
-        cluster_seed: [u8; 32],
+        auth: Arc<dyn Authenticator>,
         params: ClientParams,
         rng: ChaCha8Rng,
     ) -> Client {
         Client {
             id,
             kind,
-            auth: SimAuth::new(shieldwall_core::Principal::Client(id), cluster_seed),
+            auth,
             params,
             rng,
             next_req_seq: 1,

@@ -47,6 +47,8 @@ pub struct SimParams {
     pub liveness_ms: u64,
     /// Events processed before a run is declared stuck.
     pub max_steps: u64,
+    /// Sign with real Ed25519 keys instead of the fast simulated authenticator (slow).
+    pub ed25519: bool,
     /// Print a trace of every delivered message and execution to stderr (for replays).
     pub trace: bool,
     /// A deliberate bug, to test that the checkers fail (tests only).
@@ -67,6 +69,7 @@ impl SimParams {
             read_only: true,
             liveness_ms: 60_000,
             max_steps: 2_000_000,
+            ed25519: false,
             trace: false,
             inject: None,
         }
@@ -90,7 +93,7 @@ pub enum Injection {
         /// The replica.
         replica: ReplicaId,
     },
-    /// The replica's service applies a garbled copy of each operation first.
+    /// The replica's service overwrites key `k0` before each operation.
     CorruptService {
         /// The replica.
         replica: ReplicaId,
@@ -144,6 +147,9 @@ pub fn replay_command(scenario: Scenario, params: &SimParams) -> String {
     }
     if !params.read_only {
         cmd.push_str(" --no-read-only");
+    }
+    if params.ed25519 {
+        cmd.push_str(" --ed25519");
     }
     cmd
 }

@@ -2,23 +2,24 @@
 //! event queue ordered by (time, insertion counter).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
+use ed25519_consensus::VerificationKey;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shieldwall_core::message::{decode, encode};
 use shieldwall_core::verify::{verify_message, verify_request};
 use shieldwall_core::{
-    Action, Authenticator, ClientId, Config, Digest, Event, Message, Principal, Replica, ReplicaId,
-    Reply, Request, SignedRequest, SimAuth, Status,
+    Action, Authenticator, ClientId, Config, Digest, Ed25519Auth, Event, Message, Principal,
+    Replica, ReplicaId, Reply, Request, SignedRequest, SimAuth, Status,
 };
 
 use crate::byzantine::{Byzantine, ReplicaFault};
 use crate::checker::{check_linearizability, Checker};
 use crate::client::{Client, ClientOut, ClientParams};
 use crate::scenario::{plan, Plan, Scenario};
-use crate::service::KvService;
+use crate::service::{KvOp, KvService};
 use crate::{Injection, RunReport, SimParams};
 
 /// What happens at a point in simulated time.
@@ -89,7 +90,7 @@ struct Node {
     byzantine: Option<Byzantine>,
     honest: bool,
     slow: bool,
-    auth: Arc<SimAuth>,
+    auth: Arc<dyn Authenticator>,
     /// Stats of earlier incarnations, folded in at crash time.
     views_entered: u64,
 }
@@ -110,6 +111,52 @@ pub(crate) struct World {
     steps: u64,
     decode_errors: u64,
     rejected: BTreeMap<&'static str, u64>,
+}
+
+/// Every principal's authenticator: fast keyed hashes, or real Ed25519 signatures.
+struct Keys {
+    cluster_seed: [u8; 32],
+    ed25519: Option<HashMap<Principal, VerificationKey>>,
+}
+
+impl Keys {
+    fn secret(cluster_seed: [u8; 32], p: Principal) -> [u8; 32] {
+        let tag = match p {
+            Principal::Replica(r) => u128::from(r),
+            Principal::Client(c) => (1u128 << 64) | u128::from(c),
+        };
+        Digest::of_parts(
+            "shieldwall sim ed25519 v1",
+            &[&cluster_seed, &tag.to_le_bytes()],
+        )
+        .0
+    }
+
+    fn new(cluster_seed: [u8; 32], n: u32, clients: u64, ed25519: bool) -> Keys {
+        let ed25519 = ed25519.then(|| {
+            (0..n)
+                .map(Principal::Replica)
+                .chain((0..clients).map(Principal::Client))
+                .map(|p| (p, Ed25519Auth::public_key(Keys::secret(cluster_seed, p))))
+                .collect()
+        });
+        Keys {
+            cluster_seed,
+            ed25519,
+        }
+    }
+
+    fn auth(&self, p: Principal) -> Arc<dyn Authenticator> {
+        match &self.ed25519 {
+            None => Arc::new(SimAuth::new(p, self.cluster_seed)),
+            Some(public) => Arc::new(Ed25519Auth::new(
+                p,
+                Keys::secret(self.cluster_seed, p),
+                public.clone(),
+                self.cluster_seed,
+            )),
+        }
+    }
 }
 
 /// The simulator's timing and bounds.
@@ -150,9 +197,15 @@ impl World {
         let mut cluster_seed = [0u8; 32];
         cluster_seed[..8].copy_from_slice(&params.seed.to_le_bytes());
         let mut nodes = Vec::new();
+        let keys = Keys::new(
+            cluster_seed,
+            cfg.n,
+            plan.clients.len() as u64,
+            params.ed25519,
+        );
         for id in 0..cfg.n {
-            let auth = Arc::new(SimAuth::new(Principal::Replica(id), cluster_seed));
-            let replica = Replica::new(cfg.clone(), id, auth.clone() as Arc<dyn Authenticator>)
+            let auth = keys.auth(Principal::Replica(id));
+            let replica = Replica::new(cfg.clone(), id, auth.clone())
                 .map_err(|e| format!("replica {id}: {e}"))?;
             let fault = plan
                 .byzantine
@@ -164,7 +217,7 @@ impl World {
                     f,
                     id,
                     cfg.n,
-                    (*auth).clone(),
+                    auth.clone(),
                     sub_rng(params.seed, 100 + u64::from(id)),
                 )
             });
@@ -198,7 +251,7 @@ impl World {
                 Client::new(
                     i as ClientId,
                     *kind,
-                    cluster_seed,
+                    keys.auth(Principal::Client(i as ClientId)),
                     client_params(*ops),
                     sub_rng(params.seed, 1000 + i as u64),
                 )
@@ -457,9 +510,8 @@ impl World {
             .iter()
             .map(|req| {
                 if corrupt {
-                    let mut op = req.op.clone();
-                    op.reverse();
-                    node.service.execute(&op);
+                    node.service
+                        .apply(&KvOp::Put(b"k0".to_vec(), b"corrupt".to_vec()));
                 }
                 node.service.execute(&req.op)
             })
@@ -593,7 +645,7 @@ impl World {
         if node.replica.is_some() {
             return;
         }
-        let auth = node.auth.clone() as Arc<dyn Authenticator>;
+        let auth = node.auth.clone();
         match Replica::restarted(cfg, r, auth, now) {
             Ok(replica) => {
                 if self.params.trace {

@@ -56,3 +56,19 @@ fn different_seeds_differ() {
     let b = run(Scenario::Lossy, SimParams::new(2, 4, FaultModel::Byzantine));
     assert_ne!((a.steps, a.sim_time_ms), (b.steps, b.sim_time_ms));
 }
+
+#[test]
+fn ed25519_signatures_work_end_to_end() {
+    for scenario in [Scenario::ForgedSignatures, Scenario::BadClientAuth] {
+        let fast = SimParams::new(5, 4, FaultModel::Byzantine);
+        let real = SimParams {
+            ed25519: true,
+            ..fast
+        };
+        let r = run(scenario, real);
+        assert!(r.violations.is_empty(), "{scenario}: {:?}", r.violations);
+        assert!(r.completed_ops > 0);
+        // Signature bytes never steer the simulation, so both authenticators take the same path.
+        assert_eq!(r.steps, run(scenario, fast).steps);
+    }
+}
