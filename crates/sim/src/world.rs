@@ -171,7 +171,8 @@ pub(crate) fn sim_config(n: u32, model: shieldwall_core::FaultModel) -> Config {
     cfg.pipeline_window = 4;
     cfg.batch_requests_max = 16;
     cfg.client_pending_max = 8;
-    cfg.pending_max = 256;
+    // Small enough that the client-flood scenario fills it.
+    cfg.pending_max = 32;
     cfg.fetch_batches_max = 16;
     cfg
 }
