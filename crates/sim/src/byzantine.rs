@@ -11,7 +11,8 @@ use rand_chacha::ChaCha8Rng;
 use shieldwall_core::message::Signable;
 use shieldwall_core::message::{batch_digest, encode};
 use shieldwall_core::{
-    Authenticator, CheckpointCert, ClientId, Digest, Message, ReplicaId, Reply, Signed, ViewChange,
+    Authenticator, CheckpointCert, ClientId, Digest, Message, ReplicaId, Reply, Request, Signed,
+    SignedRequest, ViewChange,
 };
 
 use crate::service::{KvOp, KvService};
@@ -41,6 +42,9 @@ pub enum ReplicaFault {
     Slow,
     /// Drops requests from one client and never proposes them.
     CensorClient(ClientId),
+    /// As leader, slips a request it made up (for client 0, with a garbage authenticator) into
+    /// its batches, correctly digested and signed.
+    ForgeRequest,
     /// Sends view changes claiming nothing prepared (and sometimes only the genesis
     /// checkpoint), spurious view changes for future views, and as leader NEW-VIEWs whose
     /// re-proposals differ from what the view changes dictate.
@@ -161,6 +165,25 @@ impl Byzantine {
             self.max_view = self.max_view.max(v);
         }
         match self.fault {
+            ReplicaFault::ForgeRequest => {
+                let mut m = message.clone();
+                if let Message::PrePrepare(pp) = &mut m {
+                    let forged = SignedRequest {
+                        request: Request {
+                            client: 0,
+                            req_seq: self.rng.gen_range(1..50),
+                            read_only: false,
+                            op: KvOp::Put(b"k0".to_vec(), b"forged".to_vec()).encode(),
+                        },
+                        auth: (0..32).map(|_| self.rng.gen()).collect(),
+                    };
+                    let at = self.rng.gen_range(0..=pp.body.batch.len());
+                    pp.body.batch.insert(at, forged);
+                    pp.body.batch_digest = batch_digest(&pp.body.batch);
+                    self.resign(&mut m);
+                }
+                out.push(encode(&m));
+            }
             ReplicaFault::LyingViewChange => {
                 let mut m = message.clone();
                 match &mut m {

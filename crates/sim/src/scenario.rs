@@ -41,6 +41,8 @@ pub enum Scenario {
     SlowReplica,
     /// f leaders drop one client's requests.
     CensorClient,
+    /// f leaders slip made-up client requests into their batches.
+    ForgedRequest,
     /// f replicas lie in view changes (nothing prepared, genesis checkpoint, spurious future
     /// views, bad NEW-VIEWs) while an honest replica is cut off for a while.
     LyingViewChange,
@@ -57,7 +59,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 20] = [
+    pub const ALL: [Scenario; 21] = [
         Scenario::Baseline,
         Scenario::Lossy,
         Scenario::Partition,
@@ -73,6 +75,7 @@ impl Scenario {
         Scenario::Silent,
         Scenario::SlowReplica,
         Scenario::CensorClient,
+        Scenario::ForgedRequest,
         Scenario::LyingViewChange,
         Scenario::LyingStateTransfer,
         Scenario::BadClientAuth,
@@ -98,6 +101,7 @@ impl Scenario {
             Scenario::Silent => "silent",
             Scenario::SlowReplica => "slow-replica",
             Scenario::CensorClient => "censor-client",
+            Scenario::ForgedRequest => "forged-request",
             Scenario::LyingViewChange => "lying-view-change",
             Scenario::LyingStateTransfer => "lying-state-transfer",
             Scenario::BadClientAuth => "bad-client-auth",
@@ -124,6 +128,7 @@ impl Scenario {
             Scenario::Silent => ReplicaFault::Silent,
             Scenario::SlowReplica => ReplicaFault::Slow,
             Scenario::CensorClient => ReplicaFault::CensorClient(0),
+            Scenario::ForgedRequest => ReplicaFault::ForgeRequest,
             Scenario::LyingViewChange => ReplicaFault::LyingViewChange,
             Scenario::LyingStateTransfer => ReplicaFault::LyingStateTransfer,
             _ => return None,
@@ -209,7 +214,10 @@ pub(crate) fn plan(
         // Faults that matter most in a leader go to the leaders of the first views.
         let leaders = matches!(
             fault,
-            ReplicaFault::Equivocate | ReplicaFault::WrongDigest | ReplicaFault::CensorClient(_)
+            ReplicaFault::Equivocate
+                | ReplicaFault::WrongDigest
+                | ReplicaFault::ForgeRequest
+                | ReplicaFault::CensorClient(_)
         );
         let mut ids: Vec<ReplicaId> = (0..n).collect();
         if !leaders {

@@ -89,6 +89,7 @@ campaigns! {
     silent: Silent, byzantine;
     slow_replica: SlowReplica, byzantine;
     censor_client: CensorClient, byzantine;
+    forged_request: ForgedRequest, byzantine;
     lying_view_change: LyingViewChange, byzantine;
     lying_state_transfer: LyingStateTransfer, byzantine;
     bad_client_auth: BadClientAuth, all;
@@ -99,7 +100,7 @@ campaigns! {
 #[test]
 fn every_scenario_has_a_campaign() {
     // Keep the macro list above in step with Scenario::ALL.
-    assert_eq!(Scenario::ALL.len(), 20);
+    assert_eq!(Scenario::ALL.len(), 21);
     for s in Scenario::ALL {
         assert_eq!(Scenario::from_name(s.name()), Some(s));
         assert_eq!(s.applies_to(FaultModel::Crash), s.replica_fault().is_none());
