@@ -247,7 +247,9 @@ impl Replica {
     fn enter_view(&mut self, nv: Signed<NewView>, checkpoint: CheckpointCert) {
         let view = nv.body.view;
         self.view = view;
-        self.status = Status::Normal;
+        // Stay out of Normal until the re-proposals are in place: adopting the checkpoint must
+        // not let the leader propose with the old view's sequence counter.
+        self.status = Status::ViewChanging;
         self.vc_deadline_ms = None;
         self.view_start_ms = self.now_ms;
         self.stats.views_entered += 1;
@@ -265,6 +267,7 @@ impl Replica {
         }
         self.proposed.clear();
         self.queue.clear();
+        self.status = Status::Normal;
         let mut high = self.stable.seq;
         for pp in &nv.body.pre_prepares {
             high = high.max(pp.body.seq);
