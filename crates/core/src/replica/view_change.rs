@@ -112,10 +112,27 @@ impl Replica {
         let Some(deadline) = self.vc_deadline_ms else {
             return;
         };
-        if self.status == Status::ViewChanging && self.now_ms >= deadline {
-            // PBFT 4.5.2: the next view change waits twice as long.
+        if self.status != Status::ViewChanging || self.now_ms < deadline {
+            return;
+        }
+        let asking = self
+            .latest_vc
+            .values()
+            .filter(|v| v.body.new_view >= self.view)
+            .count();
+        if asking >= self.cfg.quorum() {
+            // PBFT 4.5.2: a quorum wanted this view and its leader did not deliver; move on,
+            // and wait twice as long for the next one.
             self.vc_timeout_ms = (self.vc_timeout_ms * 2).min(self.cfg.view_change_timeout_max_ms);
             self.start_view_change(self.view + 1);
+        } else {
+            // Too few replicas want this view for it to form: do not climb alone (a lone
+            // replica racing ahead would be sidelined for good). Re-send our request, which
+            // may have been lost, and keep waiting; f+1 others moving on pull us along.
+            if let Some(own) = self.latest_vc.get(&self.id).cloned() {
+                self.broadcast(Message::ViewChange(own));
+            }
+            self.vc_deadline_ms = Some(self.now_ms + self.vc_timeout_ms);
         }
     }
 
