@@ -1,10 +1,14 @@
 //! Per-client execution record: what executed, and the cached replies that answer
 //! retransmissions without executing twice.
 //!
-//! A client may have up to `window` requests in flight. A request `(client, req_seq)` executes
-//! if and only if `req_seq > floor` and it has not executed yet; the table keeps the replies of
-//! the last `window` executed requests and raises `floor` as it evicts older ones, so memory
-//! per client is bounded and a request the client has moved past can never run.
+//! Client contract (the window rule): a client with window `W` sends request `s` only once
+//! every one of its requests numbered `s - W` or lower has completed. A completed request was
+//! ordered before `s` was even sent, so when `s` executes at a replica, everything at or below
+//! `s - W` has executed there too. The table therefore keeps, per client, the replies of the
+//! requests above `floor = highest executed - W` (at most `W` of them), and a request executes
+//! if and only if it is above the floor and not among those: memory per client is bounded, a
+//! retransmission never runs twice, and a delayed request inside the window still runs. A
+//! client that breaks the rule only loses its own requests.
 
 use std::collections::BTreeMap;
 
@@ -78,15 +82,15 @@ impl ClientTable {
         }
     }
 
-    /// Record an execution and its reply, evicting beyond `window` cached replies.
+    /// Record an execution and its reply; raise the floor to `highest executed - window` and
+    /// drop the replies at or below it.
     pub fn record(&mut self, client: ClientId, req_seq: u64, reply: Vec<u8>, window: u32) {
         let e = self.entries.entry(client).or_default();
         e.replies.insert(req_seq, reply);
-        while e.replies.len() > window as usize {
-            if let Some((s, _)) = e.replies.pop_first() {
-                e.floor = e.floor.max(s);
-            }
-        }
+        let top = e.replies.keys().next_back().copied().unwrap_or(req_seq);
+        e.floor = e.floor.max(top.saturating_sub(u64::from(window)));
+        let floor = e.floor;
+        e.replies = e.replies.split_off(&(floor + 1));
     }
 
     /// Fill in the reply of a request already recorded with a placeholder.
@@ -152,6 +156,21 @@ mod tests {
         assert_eq!(t.lookup(1, 7, 4), Lookup::Executed(&[7]));
         assert_eq!(t.lookup(1, 100, 4), Lookup::TooFarAhead);
         assert_eq!(t.lookup(2, 100, 4), Lookup::TooFarAhead);
+    }
+
+    #[test]
+    fn a_delayed_request_inside_the_window_still_executes() {
+        // Window 4: request 8 is delayed while 9, 10, 11 complete (the client may not send 12
+        // before 8 completes). 8 must still be new.
+        let mut t = ClientTable::default();
+        for s in (1..=7).chain(9..=11) {
+            t.record(1, s, vec![s as u8], 4);
+        }
+        assert!(t.is_new(1, 8));
+        assert_eq!(t.lookup(1, 8, 4), Lookup::New);
+        t.record(1, 8, vec![8], 4);
+        assert_eq!(t.lookup(1, 8, 4), Lookup::Executed(&[8]));
+        assert!(!t.is_new(1, 9), "9 executed and is remembered");
     }
 
     #[test]

@@ -109,6 +109,15 @@ impl Replica {
 
     /// Sign and broadcast a proposal, and record it as this leader's own pre-prepare.
     pub(crate) fn propose(&mut self, body: PrePrepare) {
+        if self
+            .slots
+            .get(&body.seq)
+            .is_some_and(|s| s.pre_prepare.is_some() || s.committed.is_some())
+        {
+            // Never two proposals for one (view, seq): that would be equivocation.
+            self.reject(Reject::Conflicting);
+            return;
+        }
         let sig = self.sign_bytes(&body.signing_bytes());
         let signed = Signed {
             from: self.id,

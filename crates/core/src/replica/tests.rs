@@ -54,6 +54,9 @@ struct Cluster {
     up: Vec<bool>,
     net: VecDeque<(ReplicaId, Message)>,
     replies: Vec<Reply>,
+    proposals: Vec<(ReplicaId, u64, u64, crate::types::Digest)>,
+    /// (destination, message kind) pairs the network drops.
+    drop: Vec<(ReplicaId, &'static str)>,
     executed: Vec<BTreeMap<u64, Vec<Vec<u8>>>>,
     now: u64,
 }
@@ -71,6 +74,8 @@ impl Cluster {
             up: vec![true; n as usize],
             net: VecDeque::new(),
             replies: Vec::new(),
+            proposals: Vec::new(),
+            drop: Vec::new(),
             executed: vec![BTreeMap::new(); n as usize],
             now: 0,
         }
@@ -88,6 +93,20 @@ impl Cluster {
                 match a {
                     Action::Send { to: dst, message } => self.net.push_back((dst, message)),
                     Action::Broadcast { message } => {
+                        if let Message::PrePrepare(p) = &message {
+                            self.proposals
+                                .push((to, p.body.view, p.body.seq, p.body.batch_digest));
+                        }
+                        if let Message::NewView(nv) = &message {
+                            for p in &nv.body.pre_prepares {
+                                self.proposals.push((
+                                    to,
+                                    p.body.view,
+                                    p.body.seq,
+                                    p.body.batch_digest,
+                                ));
+                            }
+                        }
                         for dst in 0..self.cfg.n {
                             if dst != to {
                                 self.net.push_back((dst, message.clone()));
@@ -127,7 +146,7 @@ impl Cluster {
             steps += 1;
             assert!(steps < 100_000, "no quiescence");
             let from = m.from();
-            if !self.up[from as usize] {
+            if !self.up[from as usize] || self.drop.contains(&(to, m.kind())) {
                 continue;
             }
             let a = auth(Principal::Replica(to));
@@ -636,4 +655,66 @@ fn ed25519_forgery_is_rejected() {
         verify_message(&cfg, &r1, &forged).unwrap_err().reason,
         crate::verify::Reject::BadSignature
     );
+}
+
+#[test]
+fn new_leader_behind_the_new_view_checkpoint_proposes_each_seq_once() {
+    // Regression (simulator, crash n=3 `lossy` seed 454): a new leader whose own stable
+    // checkpoint is older than the NEW-VIEW's, and which queued a request while changing views,
+    // proposed with its old sequence counter while adopting the checkpoint, then proposed the
+    // same sequence number again.
+    for model in [FaultModel::Byzantine, FaultModel::Crash] {
+        let n = if model == FaultModel::Byzantine { 4 } else { 3 };
+        let mut c = Cluster::new(n, model);
+        // Replica 1 executes everything but never sees the checkpoint votes for 8.
+        c.drop.push((1, "checkpoint"));
+        for s in 1..=9 {
+            c.submit(request(1, s, b"w"));
+        }
+        assert_eq!(
+            (
+                c.replicas[1].last_executed(),
+                c.replicas[1].stable_checkpoint()
+            ),
+            (8, 0)
+        );
+        c.drop.clear();
+        c.up[0] = false;
+        c.submit(request(2, 1, b"x"));
+        // Everyone times out on it; hold the view changes in the network.
+        c.now = c.cfg.request_timeout_ms + 1;
+        for i in 1..n {
+            c.event(i, Event::Tick);
+        }
+        assert_eq!(c.replicas[1].status(), Status::ViewChanging);
+        // The new leader (1) gets a request while it waits for view changes.
+        c.event(1, Event::Request(request(3, 1, b"y")));
+        c.run_until(5_000);
+        let mut seen = BTreeMap::new();
+        for (from, view, seq, digest) in &c.proposals {
+            if let Some(other) = seen.insert((*from, *view, *seq), *digest) {
+                assert_eq!(
+                    other, *digest,
+                    "{model}: replica {from} proposed twice at v{view} s{seq}"
+                );
+            }
+        }
+        assert_eq!(c.replicas[1].view(), 1, "{model}");
+        assert!(c.replies_for(3, 1) >= c.cfg.reply_quorum(), "{model}");
+        c.assert_agreement();
+    }
+}
+
+#[test]
+fn a_lone_suspicious_replica_does_not_climb_views() {
+    // Only one replica holds a request the leader never sees: it asks for a view change but
+    // never gets a quorum, so it must stay at view 1 (re-sending), not race ahead.
+    let mut c = Cluster::new(4, FaultModel::Byzantine);
+    c.event(3, Event::Request(request(1, 1, b"only-r3")));
+    c.run_until(10_000);
+    assert_eq!(c.replicas[3].view(), 1);
+    assert_eq!(c.replicas[3].status(), Status::ViewChanging);
+    for i in 0..3 {
+        assert_eq!(c.replicas[i].view(), 0);
+    }
 }

@@ -112,10 +112,27 @@ impl Replica {
         let Some(deadline) = self.vc_deadline_ms else {
             return;
         };
-        if self.status == Status::ViewChanging && self.now_ms >= deadline {
-            // PBFT 4.5.2: the next view change waits twice as long.
+        if self.status != Status::ViewChanging || self.now_ms < deadline {
+            return;
+        }
+        let asking = self
+            .latest_vc
+            .values()
+            .filter(|v| v.body.new_view >= self.view)
+            .count();
+        if asking >= self.cfg.quorum() {
+            // PBFT 4.5.2: a quorum wanted this view and its leader did not deliver; move on,
+            // and wait twice as long for the next one.
             self.vc_timeout_ms = (self.vc_timeout_ms * 2).min(self.cfg.view_change_timeout_max_ms);
             self.start_view_change(self.view + 1);
+        } else {
+            // Too few replicas want this view for it to form: do not climb alone (a lone
+            // replica racing ahead would be sidelined for good). Re-send our request, which
+            // may have been lost, and keep waiting; f+1 others moving on pull us along.
+            if let Some(own) = self.latest_vc.get(&self.id).cloned() {
+                self.broadcast(Message::ViewChange(own));
+            }
+            self.vc_deadline_ms = Some(self.now_ms + self.vc_timeout_ms);
         }
     }
 
@@ -247,7 +264,9 @@ impl Replica {
     fn enter_view(&mut self, nv: Signed<NewView>, checkpoint: CheckpointCert) {
         let view = nv.body.view;
         self.view = view;
-        self.status = Status::Normal;
+        // Stay out of Normal until the re-proposals are in place: adopting the checkpoint must
+        // not let the leader propose with the old view's sequence counter.
+        self.status = Status::ViewChanging;
         self.vc_deadline_ms = None;
         self.view_start_ms = self.now_ms;
         self.stats.views_entered += 1;
@@ -265,6 +284,7 @@ impl Replica {
         }
         self.proposed.clear();
         self.queue.clear();
+        self.status = Status::Normal;
         let mut high = self.stable.seq;
         for pp in &nv.body.pre_prepares {
             high = high.max(pp.body.seq);
