@@ -34,6 +34,9 @@ pub struct ClientParams {
     pub ops: u32,
     /// Requests outstanding at once.
     pub window: usize,
+    /// The replicas' client-table window W (`Config::client_pending_max`): the window rule lets
+    /// a client send request `s` only once all its requests numbered `s - W` or lower completed.
+    pub table_window: u64,
     /// Whether reads go out read-only (most of the time) or always ordered.
     pub read_only: bool,
     /// Retransmission period of ordered requests.
@@ -226,10 +229,17 @@ impl Client {
             .map(|(s, _)| *s)
             .collect();
         for req_seq in due {
+            let may_send_next = self.may_send_next();
             let Some(o) = self.outstanding.get_mut(&req_seq) else {
                 continue;
             };
             if o.read_only {
+                if !may_send_next {
+                    // The window rule holds the fallback back until older requests complete.
+                    o.retransmit_at = now_ms + self.params.read_timeout_ms;
+                    out.push(ClientOut::Wake(o.retransmit_at));
+                    continue;
+                }
                 let Some(o) = self.outstanding.remove(&req_seq) else {
                     continue;
                 };
@@ -244,6 +254,7 @@ impl Client {
         while self.ops_left > 0
             && self.outstanding.len() < self.params.window
             && self.next_issue_ms <= now_ms
+            && self.may_send_next()
         {
             self.ops_left -= 1;
             let op = self.random_op(self.next_req_seq);
@@ -255,6 +266,19 @@ impl Client {
         if self.ops_left > 0 && self.outstanding.len() < self.params.window {
             out.push(ClientOut::Wake(self.next_issue_ms.max(now_ms + 1)));
         }
+    }
+
+    /// The window rule: the next request number may go out only if every ordered request at or
+    /// below `next - W` completed. Read-only requests never execute, so an abandoned one does
+    /// not hold the window back.
+    fn may_send_next(&self) -> bool {
+        let oldest = self
+            .outstanding
+            .iter()
+            .filter(|(_, o)| !o.read_only)
+            .map(|(s, _)| *s)
+            .next();
+        oldest.is_none_or(|s| self.next_req_seq < s.saturating_add(self.params.table_window))
     }
 
     fn wake_bad_auth(&mut self, now_ms: u64, out: &mut Vec<ClientOut>) {

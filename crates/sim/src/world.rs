@@ -237,6 +237,7 @@ impl World {
         let client_params = |ops| ClientParams {
             ops,
             window: params.client_window.max(1),
+            table_window: u64::from(cfg.client_pending_max),
             read_only: params.read_only,
             retransmit_ms: 300,
             read_timeout_ms: 150,
