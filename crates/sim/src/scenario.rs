@@ -49,6 +49,10 @@ pub enum Scenario {
     /// f replicas forge state-transfer replies and checkpoints while an honest replica is cut
     /// off and has to catch up.
     LyingStateTransfer,
+    /// Everything at once within the fault budget: loss, duplication, a heavy delay tail, a
+    /// partition, crash-restarts, and (Byzantine mode, n >= 7) a Byzantine replica with a
+    /// random behaviour.
+    Chaos,
     /// A client sends requests with bad authenticators or another client's identity.
     BadClientAuth,
     /// A client signs different operations under one request number.
@@ -59,7 +63,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 21] = [
+    pub const ALL: [Scenario; 22] = [
         Scenario::Baseline,
         Scenario::Lossy,
         Scenario::Partition,
@@ -78,6 +82,7 @@ impl Scenario {
         Scenario::ForgedRequest,
         Scenario::LyingViewChange,
         Scenario::LyingStateTransfer,
+        Scenario::Chaos,
         Scenario::BadClientAuth,
         Scenario::ReusedSeq,
         Scenario::ClientFlood,
@@ -104,6 +109,7 @@ impl Scenario {
             Scenario::ForgedRequest => "forged-request",
             Scenario::LyingViewChange => "lying-view-change",
             Scenario::LyingStateTransfer => "lying-state-transfer",
+            Scenario::Chaos => "chaos",
             Scenario::BadClientAuth => "bad-client-auth",
             Scenario::ReusedSeq => "reused-seq",
             Scenario::ClientFlood => "client-flood",
@@ -179,6 +185,8 @@ pub(crate) struct Plan {
     pub(crate) clients: Vec<(ClientKind, u32)>,
     pub(crate) loss: f64,
     pub(crate) duplicate: f64,
+    /// Probability that a message gets 100-1000 ms of extra delay.
+    pub(crate) tail: f64,
     pub(crate) delay_ms: (u64, u64),
     pub(crate) slow_extra_ms: (u64, u64),
     pub(crate) partitions: Vec<Partition>,
@@ -203,6 +211,7 @@ pub(crate) fn plan(
             .collect(),
         loss: 0.0,
         duplicate: 0.01,
+        tail: 0.0,
         delay_ms: (1, 10),
         slow_extra_ms: (200, 1000),
         partitions: Vec::new(),
@@ -297,6 +306,51 @@ pub(crate) fn plan(
                 });
                 p.fault_end_ms = p.fault_end_ms.max(end_ms + 100);
             }
+        }
+        Scenario::Chaos => {
+            p.loss = rng.gen_range(0.0..0.1);
+            p.duplicate = rng.gen_range(0.0..0.05);
+            p.tail = rng.gen_range(0.0..0.03);
+            p.delay_ms = (1, rng.gen_range(5..40));
+            // With f >= 2, one Byzantine replica leaves room for a crash.
+            if cfg.fault_model == FaultModel::Byzantine && f >= 2 {
+                const FAULTS: [ReplicaFault; 8] = [
+                    ReplicaFault::Equivocate,
+                    ReplicaFault::ConflictingVotes,
+                    ReplicaFault::ReplayVotes,
+                    ReplicaFault::ForgeSignatures,
+                    ReplicaFault::GarbageBytes,
+                    ReplicaFault::Silent,
+                    ReplicaFault::LyingViewChange,
+                    ReplicaFault::LyingStateTransfer,
+                ];
+                let fault = FAULTS[rng.gen_range(0..FAULTS.len())];
+                p.byzantine.push((rng.gen_range(0..n), fault));
+            }
+            let start_ms = rng.gen_range(20..600);
+            let end_ms = start_ms + rng.gen_range(100..800);
+            let side = (0..n).map(|_| rng.gen_bool(0.5)).collect();
+            p.partitions.push(Partition {
+                start_ms,
+                end_ms,
+                side,
+            });
+            let mut t = rng.gen_range(20..400);
+            for _ in 0..rng.gen_range(0..=3) {
+                let victim = if rng.gen_bool(0.5) {
+                    None
+                } else {
+                    Some(rng.gen_range(0..n))
+                };
+                let down_ms = rng.gen_range(50..600);
+                p.crashes.push(CrashPlan {
+                    at_ms: t,
+                    victim,
+                    down_ms,
+                });
+                t += down_ms + rng.gen_range(50..400);
+            }
+            p.fault_end_ms = p.fault_end_ms.max(t).max(end_ms + 100);
         }
         Scenario::BadClientAuth => p.clients.push((ClientKind::BadAuth, 60)),
         Scenario::ReusedSeq => p.clients.push((ClientKind::ReusedSeq, 60)),

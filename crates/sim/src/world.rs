@@ -343,6 +343,10 @@ impl World {
                 self.plan.delay_ms
             };
             let mut d = rng.gen_range(lo..=hi);
+            if !self.clean && self.plan.tail > 0.0 && rng.gen_bool(self.plan.tail) {
+                // A heavy tail: the occasional message arrives very late.
+                d += rng.gen_range(100..=1000);
+            }
             if slow {
                 d += rng.gen_range(self.plan.slow_extra_ms.0..=self.plan.slow_extra_ms.1);
             }

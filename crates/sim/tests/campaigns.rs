@@ -104,6 +104,7 @@ campaigns! {
     forged_request: ForgedRequest, byzantine;
     lying_view_change: LyingViewChange, byzantine;
     lying_state_transfer: LyingStateTransfer, byzantine;
+    chaos: Chaos, all;
     bad_client_auth: BadClientAuth, all;
     reused_seq: ReusedSeq, all;
     client_flood: ClientFlood, all;
@@ -112,7 +113,7 @@ campaigns! {
 #[test]
 fn every_scenario_has_a_campaign() {
     // Keep the macro list above in step with Scenario::ALL.
-    assert_eq!(Scenario::ALL.len(), 21);
+    assert_eq!(Scenario::ALL.len(), 22);
     for s in Scenario::ALL {
         assert_eq!(Scenario::from_name(s.name()), Some(s));
         assert_eq!(s.applies_to(FaultModel::Crash), s.replica_fault().is_none());
