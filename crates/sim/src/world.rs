@@ -275,6 +275,9 @@ impl World {
             decode_errors: 0,
             rejected: BTreeMap::new(),
         };
+        if params.trace {
+            eprintln!("plan: {:?}", world.plan);
+        }
         world.schedule_plan();
         Ok(world)
     }
