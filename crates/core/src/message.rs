@@ -147,6 +147,9 @@ pub struct Fetch {
     pub executed: Seq,
     /// Requester's current view (lets peers resend a newer NEW-VIEW).
     pub view: View,
+    /// Echoed in the reply; a restarted replica uses it to ignore replies meant for its
+    /// previous incarnation.
+    pub nonce: u64,
 }
 
 /// A batch with a commit certificate.
@@ -182,6 +185,8 @@ impl StateSnapshot {
 pub struct FetchReply {
     /// Sender's view.
     pub view: View,
+    /// The request's nonce.
+    pub nonce: u64,
     /// State at the sender's stable checkpoint.
     pub snapshot: Option<StateSnapshot>,
     /// Committed batches in increasing sequence order.
@@ -463,7 +468,11 @@ mod tests {
             (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(from, executed, view)| {
                 Message::Fetch(Signed {
                     from,
-                    body: Fetch { executed, view },
+                    body: Fetch {
+                        executed,
+                        view,
+                        nonce: executed ^ view,
+                    },
                     sig: vec![],
                 })
             }),
@@ -528,6 +537,7 @@ mod tests {
             body: Fetch {
                 executed: 3,
                 view: 0,
+                nonce: 0,
             },
             sig: vec![],
         });

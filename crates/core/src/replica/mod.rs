@@ -89,6 +89,32 @@ pub(crate) struct InFlight {
     pub(crate) snapshot: bool,
 }
 
+/// Amnesia recovery state (ADR 002).
+#[derive(Clone, Debug)]
+pub(crate) struct Recovery {
+    /// Echoed by fetch replies to this incarnation's requests (stale replies are ignored).
+    pub(crate) nonce: u64,
+    /// The view each peer reported in a fresh reply, until a quorum answered.
+    pub(crate) views: BTreeMap<ReplicaId, View>,
+    /// The highest view of the first quorum of fresh replies, fixed once known (later, higher
+    /// reports would only postpone the end of recovery).
+    pub(crate) floor: Option<View>,
+}
+
+impl Recovery {
+    /// The highest view reported by a quorum of peers, once a quorum has answered. Any view
+    /// the previous incarnation voted in was entered by a quorum, which intersects this one in
+    /// a correct replica whose view is at least that high.
+    pub(crate) fn report(&mut self, from: ReplicaId, view: View, quorum: usize) {
+        if self.floor.is_none() {
+            self.views.insert(from, view);
+            if self.views.len() >= quorum {
+                self.floor = self.views.values().copied().max();
+            }
+        }
+    }
+}
+
 /// An outstanding state-transfer request.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FetchState {
@@ -105,9 +131,9 @@ pub struct Replica {
 
     pub(crate) view: View,
     pub(crate) status: Status,
-    /// While set, the replica is recovering from amnesia: it votes only after entering a view
-    /// above this one.
-    pub(crate) recovering_floor: Option<View>,
+    /// While set, the replica is recovering from amnesia (ADR 002): it casts no vote until it
+    /// enters a view above every view a quorum of peers reported after its restart.
+    pub(crate) recovery: Option<Recovery>,
 
     // Normal case.
     pub(crate) slots: BTreeMap<Seq, Slot>,
@@ -184,7 +210,7 @@ impl Replica {
             now_ms: 0,
             view: 0,
             status: Status::Normal,
-            recovering_floor: None,
+            recovery: None,
             slots: BTreeMap::new(),
             next_seq: 1,
             last_executed: 0,
@@ -230,7 +256,12 @@ impl Replica {
         now_ms: u64,
     ) -> Result<Replica, ConfigError> {
         let mut r = Replica::new(config, id, auth)?;
-        r.recovering_floor = Some(0);
+        // The restart time tells this incarnation's fetches from its predecessor's.
+        r.recovery = Some(Recovery {
+            nonce: now_ms.wrapping_add(1),
+            views: BTreeMap::new(),
+            floor: None,
+        });
         r.now_ms = now_ms;
         // Ask the peers at the first tick.
         r.last_progress_ms = now_ms.saturating_sub(r.cfg.fetch_timeout_ms);
@@ -283,7 +314,7 @@ impl Replica {
     }
     /// Current status.
     pub fn status(&self) -> Status {
-        if self.recovering_floor.is_some() {
+        if self.recovery.is_some() {
             Status::Recovering
         } else {
             self.status
@@ -320,7 +351,7 @@ impl Replica {
 
     /// Whether this replica may cast votes (not recovering from amnesia).
     pub(crate) fn may_vote(&self) -> bool {
-        self.recovering_floor.is_none()
+        self.recovery.is_none()
     }
 
     pub(crate) fn sign_bytes(&self, bytes: &[u8]) -> Vec<u8> {

@@ -16,8 +16,10 @@ impl Replica {
         self.fetch_target = self.fetch_target.max(seq);
     }
 
+    /// Whether to fetch: others are ahead, or we are recovering (a passive replica polls its
+    /// peers, which also tells it their views).
     fn behind(&self) -> bool {
-        self.fetch_target > self.last_executed
+        self.fetch_target > self.last_executed || self.recovery.is_some()
     }
 
     /// Ask the next peer for what we miss (all peers while recovering, to learn the view).
@@ -35,6 +37,7 @@ impl Replica {
         let body = Fetch {
             executed: self.last_executed,
             view: self.view,
+            nonce: self.recovery.as_ref().map_or(0, |r| r.nonce),
         };
         let sig = self.sign_bytes(&body.signing_bytes());
         let msg = Message::Fetch(Signed {
@@ -42,7 +45,7 @@ impl Replica {
             body,
             sig,
         });
-        if self.recovering_floor.is_some() {
+        if self.recovery.is_some() {
             self.broadcast(msg);
         } else {
             self.send(peer, msg);
@@ -104,6 +107,7 @@ impl Replica {
             .collect();
         let body = FetchReply {
             view: self.view,
+            nonce: f.body.nonce,
             snapshot,
             batches,
         };
@@ -121,8 +125,11 @@ impl Replica {
     pub(crate) fn on_fetch_reply(&mut self, r: Signed<FetchReply>) {
         let from = r.from;
         let reply = r.body;
-        if let Some(floor) = self.recovering_floor.as_mut() {
-            *floor = (*floor).max(reply.view);
+        let quorum = self.cfg.quorum();
+        if let Some(rec) = self.recovery.as_mut() {
+            if reply.nonce == rec.nonce {
+                rec.report(from, reply.view, quorum);
+            }
         }
         let before = self.last_executed;
         if let Some(snap) = reply.snapshot {

@@ -132,12 +132,23 @@ impl Replica {
             if let Some(own) = self.latest_vc.get(&self.id).cloned() {
                 self.broadcast(Message::ViewChange(own));
             }
+            // Meanwhile the others may be executing without us: stay current by state
+            // transfer, so clients still get our replies.
+            self.note_progress_hint(self.last_executed + 1);
+            self.start_fetch();
             self.vc_deadline_ms = Some(self.now_ms + self.vc_timeout_ms);
         }
     }
 
     pub(crate) fn on_view_change(&mut self, vc: Signed<ViewChange>) {
         let (from, target) = (vc.from, vc.body.new_view);
+        if target > self.view && self.status == Status::Normal && from == self.cfg.leader(self.view)
+        {
+            // The leader of our view asked to leave it: it will not propose again, so the view
+            // is dead for everyone (the simulator found clusters stuck behind such a leader
+            // while nothing was pending anywhere else to time out on).
+            self.start_view_change(self.view + 1);
+        }
         if let Some(old) = self.latest_vc.get(&from) {
             if old.body.new_view > target {
                 self.reject(Reject::StaleView);
@@ -270,10 +281,15 @@ impl Replica {
         self.vc_deadline_ms = None;
         self.view_start_ms = self.now_ms;
         self.stats.views_entered += 1;
-        if self.recovering_floor.is_some_and(|floor| view > floor) {
+        if self
+            .recovery
+            .as_ref()
+            .and_then(|r| r.floor)
+            .is_some_and(|floor| view > floor)
+        {
             // Amnesia recovery ends: this view's NEW-VIEW was formed from other replicas'
             // certificates, so it carries everything we may have voted for and forgotten.
-            self.recovering_floor = None;
+            self.recovery = None;
         }
         self.make_stable(checkpoint);
         for slot in self.slots.values_mut() {
