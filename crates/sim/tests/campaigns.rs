@@ -6,7 +6,7 @@
 //!
 //! `SHIELDWALL_SIM_CLIENT_WINDOW` (default 2) sets the requests a correct client keeps in
 //! flight and `SHIELDWALL_SIM_READ_ONLY=0` sends every read ordered; both exist to look past
-//! known engine bugs (see `ENGINE_BUGS.md`), not to hide them: the defaults are the real test.
+//! known engine bugs (see `docs/sim-findings.md`), not to hide them: the defaults are the real test.
 
 use shieldwall_core::FaultModel;
 use shieldwall_sim::{campaign, Scenario, SimParams};

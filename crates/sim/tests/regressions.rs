@@ -1,4 +1,4 @@
-//! Seeds that once exposed engine bugs (see `ENGINE_BUGS.md`), replayed exactly. Each must run
+//! Seeds that once exposed engine bugs (see `docs/sim-findings.md`), replayed exactly. Each must run
 //! clean: a failure here names the bug it reintroduced (or one still open).
 
 use shieldwall_core::FaultModel;
@@ -90,7 +90,7 @@ fn bug3_leader_reuses_a_sequence_number() {
 #[test]
 fn bug4_recovery_on_a_stale_new_view() {
     check(
-        "bug 4 (open)",
+        "bug 4",
         Scenario::Chaos,
         3,
         FaultModel::Crash,
@@ -102,7 +102,7 @@ fn bug4_recovery_on_a_stale_new_view() {
 #[test]
 fn bug5_leader_alone_in_a_view_change() {
     check(
-        "bug 5 (open)",
+        "bug 5",
         Scenario::Chaos,
         3,
         FaultModel::Crash,
@@ -110,7 +110,7 @@ fn bug5_leader_alone_in_a_view_change() {
         defaults,
     );
     check(
-        "bug 5 (open)",
+        "bug 5",
         Scenario::Chaos,
         4,
         FaultModel::Byzantine,
