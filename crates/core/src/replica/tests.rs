@@ -43,6 +43,18 @@ fn request(client: u64, req_seq: u64, op: &[u8]) -> SignedRequest {
     SignedRequest { request, auth: sig }
 }
 
+/// A pre-prepare for (view 0, seq 1) signed by its leader, replica 0.
+fn leader_pre_prepare(batch: Vec<SignedRequest>) -> Signed<PrePrepare> {
+    let body = PrePrepare {
+        view: 0,
+        seq: 1,
+        batch_digest: batch_digest(&batch),
+        batch,
+    };
+    let sig = SimAuth::new(Principal::Replica(0), SEED).sign(&body.signing_bytes());
+    Signed { from: 0, body, sig }
+}
+
 /// A service whose state is the list of executed ops; results echo the op.
 #[derive(Default, Clone)]
 struct Log(Vec<Vec<u8>>);
@@ -241,18 +253,8 @@ fn follower_prepares_a_valid_pre_prepare() {
     let cfg = config(4, FaultModel::Byzantine);
     let mut r = Replica::new(cfg, 1, auth(Principal::Replica(1))).unwrap();
     let batch = vec![request(1, 1, b"x")];
-    let body = PrePrepare {
-        view: 0,
-        seq: 1,
-        batch_digest: batch_digest(&batch),
-        batch,
-    };
-    let leader = SimAuth::new(Principal::Replica(0), SEED);
-    let pp = Signed {
-        from: 0,
-        sig: leader.sign(&body.signing_bytes()),
-        body: body.clone(),
-    };
+    let pp = leader_pre_prepare(batch);
+    let body = pp.body.clone();
     let mut out = Vec::new();
     r.handle(0, Event::Message(Message::PrePrepare(pp)), &mut out);
     let vote = Vote {
@@ -279,17 +281,7 @@ fn crash_mode_follower_commits_directly() {
     let cfg = config(3, FaultModel::Crash);
     let mut r = Replica::new(cfg, 2, auth(Principal::Replica(2))).unwrap();
     let batch = vec![request(1, 1, b"x")];
-    let body = PrePrepare {
-        view: 0,
-        seq: 1,
-        batch_digest: batch_digest(&batch),
-        batch,
-    };
-    let pp = Signed {
-        from: 0,
-        sig: SimAuth::new(Principal::Replica(0), SEED).sign(&body.signing_bytes()),
-        body: body.clone(),
-    };
+    let pp = leader_pre_prepare(batch);
     let mut out = Vec::new();
     r.handle(0, Event::Message(Message::PrePrepare(pp)), &mut out);
     assert_eq!(out.len(), 1);
@@ -419,36 +411,15 @@ fn prepared_batch_survives_view_change() {
 #[test]
 fn equivocating_leader_is_replaced() {
     let mut c = Cluster::new(4, FaultModel::Byzantine);
-    let leader = SimAuth::new(Principal::Replica(0), SEED);
     c.up[0] = false;
     for (i, op) in [(1u32, b"x"), (2, b"y"), (3, b"y")] {
         let batch = vec![request(1, 1, op)];
-        let body = PrePrepare {
-            view: 0,
-            seq: 1,
-            batch_digest: batch_digest(&batch),
-            batch,
-        };
-        let pp = Signed {
-            from: 0,
-            sig: leader.sign(&body.signing_bytes()),
-            body,
-        };
+        let pp = leader_pre_prepare(batch);
         c.event(i, Event::Message(Message::PrePrepare(pp.clone())));
         if i == 1 {
             // Replica 1 also sees the other version: proof of equivocation.
             let batch = vec![request(1, 1, b"y")];
-            let body = PrePrepare {
-                view: 0,
-                seq: 1,
-                batch_digest: batch_digest(&batch),
-                batch,
-            };
-            let pp2 = Signed {
-                from: 0,
-                sig: leader.sign(&body.signing_bytes()),
-                body,
-            };
+            let pp2 = leader_pre_prepare(batch);
             c.event(i, Event::Message(Message::PrePrepare(pp2)));
         }
     }
@@ -594,17 +565,7 @@ fn forged_and_garbage_messages_are_rejected_before_the_engine() {
     let mut bad = request(1, 1, b"x");
     bad.auth[0] ^= 1;
     let batch = vec![bad];
-    let body = PrePrepare {
-        view: 0,
-        seq: 1,
-        batch_digest: batch_digest(&batch),
-        batch,
-    };
-    let pp = Message::PrePrepare(Signed {
-        from: 0,
-        sig: SimAuth::new(Principal::Replica(0), SEED).sign(&body.signing_bytes()),
-        body,
-    });
+    let pp = Message::PrePrepare(leader_pre_prepare(batch));
     let rej = verify_message(&cfg, a.as_ref(), &pp).unwrap_err();
     assert_eq!(rej.blame, Some((0, 0)));
 }
