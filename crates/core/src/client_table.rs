@@ -93,17 +93,6 @@ impl ClientTable {
         e.replies = e.replies.split_off(&(floor + 1));
     }
 
-    /// Fill in the reply of a request already recorded with a placeholder.
-    pub fn set_reply(&mut self, client: ClientId, req_seq: u64, reply: Vec<u8>) {
-        if let Some(r) = self
-            .entries
-            .get_mut(&client)
-            .and_then(|e| e.replies.get_mut(&req_seq))
-        {
-            *r = reply;
-        }
-    }
-
     /// Number of clients known.
     pub fn len(&self) -> usize {
         self.entries.len()

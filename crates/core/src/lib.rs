@@ -93,7 +93,7 @@ pub enum Action {
         snapshot: bool,
     },
     /// Run a read-only request against the current state and send the client a [`Reply`] with
-    /// `read_only: true`, this `view` and `executed` as context.
+    /// `read_only: true` and this `view`.
     ExecuteReadOnly {
         /// The request.
         request: Request,

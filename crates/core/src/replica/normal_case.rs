@@ -390,6 +390,7 @@ impl Replica {
                 result,
             }));
         }
+        touched.sort_unstable();
         touched.dedup();
         for c in touched {
             self.purge_client(c);

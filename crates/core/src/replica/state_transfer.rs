@@ -6,7 +6,7 @@
 use super::{FetchState, Replica};
 use crate::client_table::ClientTable;
 use crate::message::{Fetch, FetchReply, Message, Signable, Signed, StateSnapshot};
-use crate::types::Seq;
+use crate::types::{ReplicaId, Seq};
 use crate::verify::Reject;
 use crate::Action;
 
@@ -28,11 +28,15 @@ impl Replica {
             return;
         }
         let n = self.cfg.n;
-        let last = self.fetch.map(|f| f.peer).unwrap_or(self.last_fetch_peer);
-        let mut peer = (last + 1) % n;
+        let mut peer = (self.last_fetch_peer + 1) % n;
         if peer == self.id {
             peer = (peer + 1) % n;
         }
+        self.send_fetch(peer);
+    }
+
+    /// Ask `peer` (everyone while recovering) for what follows our last executed batch.
+    fn send_fetch(&mut self, peer: ReplicaId) {
         self.last_fetch_peer = peer;
         let body = Fetch {
             executed: self.last_executed,
@@ -155,9 +159,7 @@ impl Replica {
             self.fetch = None;
         } else if useful && self.fetch.is_some_and(|f| f.peer == from) {
             // This peer helps: ask it for the next part right away.
-            self.fetch = None;
-            self.last_fetch_peer = from.wrapping_sub(1) % self.cfg.n;
-            self.start_fetch();
+            self.send_fetch(from);
         }
     }
 
