@@ -9,6 +9,12 @@
 //! if and only if it is above the floor and not among those: memory per client is bounded, a
 //! retransmission never runs twice, and a delayed request inside the window still runs. A
 //! client that breaks the rule only loses its own requests.
+//!
+//! Numbers need not be dense. As with PBFT's client timestamps, a client may jump ahead: a
+//! restarted client starts from its clock (nanoseconds), so it never reuses a number its previous
+//! incarnation used and needs no stored counter. Executing a number raises the floor to it minus
+//! `W`, so whatever the previous incarnation left in flight below that is abandoned, never run
+//! late.
 
 use std::collections::BTreeMap;
 
@@ -35,8 +41,6 @@ pub enum Lookup<'a> {
     Executed(&'a [u8]),
     /// At or below the floor without a cached reply: ignore.
     Stale,
-    /// Too far ahead of the floor: the client exceeds its window.
-    TooFarAhead,
 }
 
 /// The client table; part of the checkpointed state.
@@ -46,30 +50,16 @@ pub struct ClientTable {
 }
 
 impl ClientTable {
-    /// Classify `(client, req_seq)` for a client window of `window` requests.
-    pub fn lookup(&self, client: ClientId, req_seq: u64, window: u32) -> Lookup<'_> {
+    /// Classify `(client, req_seq)`.
+    pub fn lookup(&self, client: ClientId, req_seq: u64) -> Lookup<'_> {
         let Some(e) = self.entries.get(&client) else {
-            return if req_seq > u64::from(window) * 2 {
-                Lookup::TooFarAhead
-            } else {
-                Lookup::New
-            };
+            return Lookup::New;
         };
         if let Some(r) = e.replies.get(&req_seq) {
             return Lookup::Executed(r);
         }
         if req_seq <= e.floor {
             return Lookup::Stale;
-        }
-        let top = e
-            .replies
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(e.floor)
-            .max(e.floor);
-        if req_seq > top.saturating_add(u64::from(window) * 2) {
-            return Lookup::TooFarAhead;
         }
         Lookup::New
     }
@@ -121,9 +111,9 @@ mod tests {
     #[test]
     fn executes_once_and_caches() {
         let mut t = ClientTable::default();
-        assert_eq!(t.lookup(7, 1, 4), Lookup::New);
+        assert_eq!(t.lookup(7, 1), Lookup::New);
         t.record(7, 1, b"r1".to_vec(), 4);
-        assert_eq!(t.lookup(7, 1, 4), Lookup::Executed(b"r1"));
+        assert_eq!(t.lookup(7, 1), Lookup::Executed(b"r1"));
         assert!(!t.is_new(7, 1));
         assert!(
             t.is_new(7, 3),
@@ -140,11 +130,28 @@ mod tests {
         let e = &t.entries[&1];
         assert_eq!(e.replies.len(), 4);
         assert_eq!(e.floor, 6);
-        assert_eq!(t.lookup(1, 5, 4), Lookup::Stale);
+        assert_eq!(t.lookup(1, 5), Lookup::Stale);
         assert!(!t.is_new(1, 6));
-        assert_eq!(t.lookup(1, 7, 4), Lookup::Executed(&[7]));
-        assert_eq!(t.lookup(1, 100, 4), Lookup::TooFarAhead);
-        assert_eq!(t.lookup(2, 100, 4), Lookup::TooFarAhead);
+        assert_eq!(t.lookup(1, 7), Lookup::Executed(&[7]));
+    }
+
+    #[test]
+    fn a_restarted_client_jumps_ahead_and_abandons_the_old_numbers() {
+        let mut t = ClientTable::default();
+        for s in 1..=3 {
+            t.record(1, s, vec![s as u8], 4);
+        }
+        // A new incarnation starts from its clock; a first request anywhere is new.
+        let start = 1_700_000_000_000_000_000;
+        assert_eq!(t.lookup(1, start), Lookup::New);
+        assert_eq!(t.lookup(2, start), Lookup::New);
+        t.record(1, start, b"new".to_vec(), 4);
+        assert_eq!(t.lookup(1, 3), Lookup::Stale, "old numbers never run late");
+        assert_eq!(t.lookup(1, start - 4), Lookup::Stale);
+        assert_eq!(t.lookup(1, start - 3), Lookup::New, "inside the window");
+        assert_eq!(t.entries[&1].replies.len(), 1);
+        t.record(2, u64::MAX, vec![], 4);
+        assert_eq!(t.lookup(2, u64::MAX), Lookup::Executed(&[]));
     }
 
     #[test]
@@ -156,9 +163,9 @@ mod tests {
             t.record(1, s, vec![s as u8], 4);
         }
         assert!(t.is_new(1, 8));
-        assert_eq!(t.lookup(1, 8, 4), Lookup::New);
+        assert_eq!(t.lookup(1, 8), Lookup::New);
         t.record(1, 8, vec![8], 4);
-        assert_eq!(t.lookup(1, 8, 4), Lookup::Executed(&[8]));
+        assert_eq!(t.lookup(1, 8), Lookup::Executed(&[8]));
         assert!(!t.is_new(1, 9), "9 executed and is remembered");
     }
 
