@@ -1,0 +1,318 @@
+//! The protocol core's thread and the service's thread.
+//!
+//! The core thread owns the [`Replica`] engine: it takes verified inputs from one queue, calls
+//! the engine with the current time, and carries out the actions: frames to peer queues
+//! (`try_send`: a full queue drops the frame, the core never waits on a peer), batches to the
+//! executor, replies to the client router. The executor thread owns the [`Service`] and runs
+//! ordered batches, read-only requests and snapshot restores in the order the core emits them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use shieldwall_core::{Action, ClientId, Event, Replica, Reply, Request, Status};
+use shieldwall_wire::Frame;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, error, info};
+
+use super::conn::{ClientRouter, PeerLinks};
+use super::{ReplicaStatus, StatusCell};
+use crate::metrics::Metrics;
+use crate::service::Service;
+
+/// An input for the core thread.
+#[derive(Debug)]
+pub(crate) enum CoreInput {
+    /// A verified event; the permit returns the sender's budget once handled.
+    Event(Event, Option<OwnedSemaphorePermit>),
+    /// Stop the thread.
+    Shutdown,
+}
+
+/// A job for the service thread.
+#[derive(Debug)]
+pub(crate) enum ExecJob {
+    Execute {
+        seq: u64,
+        requests: Vec<Request>,
+        snapshot: bool,
+    },
+    Restore {
+        seq: u64,
+        service: Vec<u8>,
+    },
+}
+
+/// A read-only request for the service thread.
+#[derive(Debug)]
+pub(crate) struct ReadJob {
+    pub request: Request,
+    pub view: u64,
+}
+
+/// Wall-clock-anchored monotonic milliseconds: distinct across restarts (the engine uses the
+/// start time to tell its own incarnation's state-transfer replies from stale ones), and never
+/// going backwards within a run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    base_ms: u64,
+    start: Instant,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Clock {
+        let base_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Clock {
+            base_ms,
+            start: Instant::now(),
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.base_ms + self.start.elapsed().as_millis() as u64
+    }
+}
+
+/// Requests whose arrival time is remembered for the latency histogram, at most.
+const LATENCY_TRACKED_MAX: usize = 100_000;
+/// How often the core publishes its status and engine counters.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+pub(crate) struct CoreThread {
+    pub replica: Replica,
+    pub clock: Clock,
+    pub rx: Receiver<CoreInput>,
+    pub links: Arc<PeerLinks>,
+    pub router: Arc<ClientRouter>,
+    pub exec_tx: Sender<ExecJob>,
+    pub read_tx: Sender<ReadJob>,
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<StatusCell>,
+}
+
+impl CoreThread {
+    pub(crate) fn run(mut self) {
+        let mut actions = Vec::new();
+        let mut arrivals: HashMap<(ClientId, u64), Instant> = HashMap::new();
+        let mut last_publish = Instant::now();
+        let mut last_view = self.replica.view();
+        self.publish();
+        loop {
+            let now = self.clock.now_ms();
+            if self.replica.next_deadline().is_some_and(|d| d <= now) {
+                self.replica.handle(now, Event::Tick, &mut actions);
+            }
+            if actions.is_empty() {
+                let input = match self.replica.next_deadline() {
+                    Some(d) => match self
+                        .rx
+                        .recv_timeout(Duration::from_millis(d.saturating_sub(now).max(1)))
+                    {
+                        Ok(i) => Some(i),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    },
+                    None => match self.rx.recv_timeout(PUBLISH_EVERY) {
+                        Ok(i) => Some(i),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    },
+                };
+                match input {
+                    Some(CoreInput::Event(event, permit)) => {
+                        if let Event::Request(r) = &event {
+                            if !r.request.read_only && arrivals.len() < LATENCY_TRACKED_MAX {
+                                arrivals
+                                    .entry((r.request.client, r.request.req_seq))
+                                    .or_insert_with(Instant::now);
+                            }
+                        }
+                        self.replica
+                            .handle(self.clock.now_ms(), event, &mut actions);
+                        drop(permit);
+                    }
+                    Some(CoreInput::Shutdown) => break,
+                    None => {}
+                }
+            }
+            for action in actions.drain(..) {
+                self.act(action, &mut arrivals);
+            }
+            if self.replica.view() != last_view {
+                last_view = self.replica.view();
+                info!(
+                    view = last_view,
+                    leader = self.replica.config().leader(last_view),
+                    "entered view"
+                );
+            }
+            if last_publish.elapsed() >= PUBLISH_EVERY {
+                last_publish = Instant::now();
+                self.publish();
+                // Requests never answered here (stale, dropped) must not pin memory.
+                arrivals.retain(|_, t| t.elapsed() < Duration::from_secs(60));
+            }
+        }
+        self.publish();
+        debug!("core thread stopped");
+    }
+
+    fn act(&mut self, action: Action, arrivals: &mut HashMap<(ClientId, u64), Instant>) {
+        match action {
+            Action::Send { to, message } => {
+                self.links.send(to, Frame::Peer(message).encode());
+            }
+            Action::Broadcast { message } => {
+                // One encoding (and one signature, done by the engine) shared by every peer.
+                let bytes = Frame::Peer(message).encode();
+                self.links.broadcast(&bytes);
+            }
+            Action::Execute {
+                seq,
+                requests,
+                snapshot,
+                ..
+            } => {
+                let _ = self.exec_tx.send(ExecJob::Execute {
+                    seq,
+                    requests,
+                    snapshot,
+                });
+            }
+            Action::ExecuteReadOnly { request, view } => {
+                if self.read_tx.try_send(ReadJob { request, view }).is_err() {
+                    // The client falls back to an ordered request.
+                    self.metrics.drop_frame("read_only");
+                }
+            }
+            Action::Reply(reply) => {
+                if let Some(t) = arrivals.remove(&(reply.client, reply.req_seq)) {
+                    self.metrics
+                        .request_latency
+                        .observe(t.elapsed().as_secs_f64());
+                }
+                self.router.send(&reply);
+            }
+            Action::Restore { seq, service } => {
+                info!(seq, "installing a snapshot from state transfer");
+                let _ = self.exec_tx.send(ExecJob::Restore { seq, service });
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let r = &self.replica;
+        let m = &self.metrics;
+        m.sync_engine(r.stats());
+        m.view.set(r.view() as i64);
+        m.leader.set(i64::from(r.config().leader(r.view())));
+        m.last_executed.set(r.last_executed() as i64);
+        m.stable_checkpoint.set(r.stable_checkpoint() as i64);
+        m.pending_requests.set(r.pending_requests() as i64);
+        let status = match r.status() {
+            Status::Normal => 0,
+            Status::ViewChanging => 1,
+            Status::Recovering => 2,
+        };
+        m.status.set(status);
+        self.status.set(ReplicaStatus {
+            id: r.id(),
+            view: r.view(),
+            leader: r.config().leader(r.view()),
+            status: match r.status() {
+                Status::Normal => "normal",
+                Status::ViewChanging => "view-changing",
+                Status::Recovering => "recovering",
+            }
+            .into(),
+            last_executed: r.last_executed(),
+            stable_checkpoint: r.stable_checkpoint(),
+            pending_requests: r.pending_requests() as u64,
+            peers_connected: self.links.connected() as u32,
+            n: r.config().n,
+            f: r.config().f,
+            fault_model: r.config().fault_model.to_string(),
+        });
+    }
+}
+
+/// Run the service: ordered batches (reported back to the core), read-only requests (answered
+/// directly) and restores. A restore that fails is fatal: the replica would otherwise run on a
+/// state it does not have.
+pub(crate) fn run_executor(
+    id: u32,
+    mut service: Box<dyn Service>,
+    exec_rx: Receiver<ExecJob>,
+    read_rx: Receiver<ReadJob>,
+    core_tx: Sender<CoreInput>,
+    router: Arc<ClientRouter>,
+    fatal: Sender<String>,
+) {
+    loop {
+        // Ordered work first; reads in between.
+        let job = match exec_rx.try_recv() {
+            Ok(job) => job,
+            Err(_) => {
+                crossbeam_channel::select! {
+                    recv(exec_rx) -> j => match j { Ok(j) => j, Err(_) => break },
+                    recv(read_rx) -> r => {
+                        match r {
+                            Ok(r) => read(id, service.as_ref(), r, &router),
+                            Err(_) => break,
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        match job {
+            ExecJob::Execute {
+                seq,
+                requests,
+                snapshot,
+            } => {
+                let results = requests
+                    .iter()
+                    .map(|r| service.execute(r.client, &r.op))
+                    .collect();
+                let snapshot = snapshot.then(|| service.snapshot());
+                let event = Event::Executed {
+                    seq,
+                    results,
+                    snapshot,
+                };
+                if core_tx.send(CoreInput::Event(event, None)).is_err() {
+                    break;
+                }
+            }
+            ExecJob::Restore {
+                seq,
+                service: bytes,
+            } => {
+                if let Err(e) = service.restore(&bytes) {
+                    error!(seq, "{e}");
+                    let _ = fatal.send(format!("restoring the snapshot at seq {seq}: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    debug!("executor thread stopped");
+}
+
+fn read(id: u32, service: &dyn Service, job: ReadJob, router: &ClientRouter) {
+    let r = job.request;
+    let result = service.read(r.client, &r.op);
+    router.send(&Reply {
+        view: job.view,
+        replica: id,
+        client: r.client,
+        req_seq: r.req_seq,
+        read_only: true,
+        result,
+    });
+}

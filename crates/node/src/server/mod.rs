@@ -1,0 +1,481 @@
+//! The replica server: one replica of a cluster, serving peers and clients over TCP.
+//!
+//! Threads: a tokio runtime for sockets (accepting, reading, writing, reconnecting), a pool of
+//! verification threads, one thread for the protocol core and one for the service. Data flows
+//! socket -> decode -> verify pool -> core -> (peers' queues | service | clients' queues), and
+//! every queue is bounded (see [`conn`] for how).
+
+mod conn;
+mod core;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+use shieldwall_core::{Principal, Replica, ReplicaId};
+use shieldwall_crypto::pool::BatchPool;
+use shieldwall_crypto::{KeyPair, NodeAuth};
+use tokio::sync::Semaphore;
+use tracing::info;
+
+use self::conn::{accept_loop, start_peer_links, ClientRouter, NetContext, PeerLinks, VerifyJob};
+use self::core::{run_executor, Clock, CoreInput, CoreThread, ExecJob, ReadJob};
+use crate::config::ClusterConfig;
+use crate::http::{self, HttpContent};
+use crate::metrics::Metrics;
+use crate::service::Service;
+
+/// Bounds on what a replica holds for its peers and clients.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest frame from a peer (a state-transfer reply carries a snapshot).
+    pub peer_frame_bytes_max: usize,
+    /// Received, not yet handled bytes per peer (at least two frames).
+    pub peer_budget_bytes: usize,
+    /// Frames queued for one peer before new ones are dropped.
+    pub peer_queue_frames: usize,
+    /// Received, not yet handled bytes per client key.
+    pub client_budget_bytes: usize,
+    /// Replies queued for one client connection before new ones are dropped.
+    pub client_queue_frames: usize,
+    /// Open client connections.
+    pub client_connections_max: usize,
+    /// Connections in their handshake at once (the rest are closed at once).
+    pub handshakes_max: usize,
+    /// Read-only requests waiting for the service before new ones are dropped.
+    pub read_queue_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            peer_frame_bytes_max: 64 << 20,
+            peer_budget_bytes: 128 << 20,
+            peer_queue_frames: 16_384,
+            client_budget_bytes: 8 << 20,
+            client_queue_frames: 8_192,
+            client_connections_max: 4_096,
+            handshakes_max: 256,
+            read_queue_max: 65_536,
+        }
+    }
+}
+
+impl Limits {
+    /// Largest frame from a client: a maximal request plus its envelope.
+    fn client_frame_bytes(&self, request_bytes_max: u32) -> usize {
+        request_bytes_max as usize + 4096
+    }
+}
+
+/// How to run a replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaOptions {
+    /// This replica's index in the cluster file.
+    pub id: ReplicaId,
+    /// Its secret keys.
+    pub keys: KeyPair,
+    /// Listen here instead of the cluster file's address (e.g. `0.0.0.0:7000` in a container).
+    pub listen: Option<String>,
+    /// Serve HTTP here instead of the cluster file's `http` address.
+    pub http_listen: Option<String>,
+    /// Verification threads (default: the number of CPUs).
+    pub verify_threads: usize,
+    /// Threads for socket IO.
+    pub io_threads: usize,
+    /// The replica ran before and lost its state: it recovers from its peers and casts no
+    /// vote until a view change (docs/adr/002-amnesia-recovery.md).
+    pub restarted: bool,
+    /// Bounds.
+    pub limits: Limits,
+}
+
+impl ReplicaOptions {
+    /// Defaults for replica `id`.
+    pub fn new(id: ReplicaId, keys: KeyPair) -> ReplicaOptions {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        ReplicaOptions {
+            id,
+            keys,
+            listen: None,
+            http_listen: None,
+            verify_threads: cpus,
+            io_threads: cpus.clamp(1, 4),
+            restarted: false,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why a replica could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Bad configuration for this replica.
+    #[error("{0}")]
+    Config(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Internal failure (thread or runtime could not start).
+    #[error("{0}")]
+    Internal(String),
+    /// The replica stopped on an unrecoverable error.
+    #[error("replica stopped: {0}")]
+    Fatal(String),
+}
+
+/// What `GET /status` reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// Replica index.
+    pub id: ReplicaId,
+    /// Current view.
+    pub view: u64,
+    /// Leader of the current view.
+    pub leader: ReplicaId,
+    /// `normal`, `view-changing` or `recovering`.
+    pub status: String,
+    /// Last executed sequence number.
+    pub last_executed: u64,
+    /// Last stable checkpoint.
+    pub stable_checkpoint: u64,
+    /// Requests held, not yet executed.
+    pub pending_requests: u64,
+    /// Outbound peer links that are up.
+    pub peers_connected: u32,
+    /// Replicas in the cluster.
+    pub n: u32,
+    /// Faults tolerated.
+    pub f: u32,
+    /// `byzantine` or `crash`.
+    pub fault_model: String,
+}
+
+/// The latest status, published by the core thread.
+#[derive(Debug, Default)]
+pub(crate) struct StatusCell(Mutex<ReplicaStatus>);
+
+impl StatusCell {
+    fn set(&self, s: ReplicaStatus) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = s;
+        }
+    }
+
+    fn get(&self) -> ReplicaStatus {
+        self.0.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+struct Observer {
+    metrics: Arc<Metrics>,
+    status: Arc<StatusCell>,
+    links: Arc<PeerLinks>,
+    queues: Queues,
+}
+
+#[derive(Clone)]
+struct Queues {
+    verify: shieldwall_crypto::pool::Submitter<VerifyJob>,
+    core: Receiver<CoreInput>,
+    exec: Receiver<ExecJob>,
+    read: Receiver<ReadJob>,
+}
+
+impl HttpContent for Observer {
+    fn metrics(&self) -> String {
+        let m = &self.metrics;
+        m.verify_queue.set(self.queues.verify.queued() as i64);
+        m.core_queue.set(self.queues.core.len() as i64);
+        m.execute_queue
+            .set((self.queues.exec.len() + self.queues.read.len()) as i64);
+        self.links.export();
+        m.render()
+    }
+
+    fn status_json(&self) -> String {
+        serde_json::to_string(&self.status.get()).unwrap_or_default()
+    }
+}
+
+/// A running replica. Dropping it stops it.
+pub struct ReplicaServer {
+    id: ReplicaId,
+    address: SocketAddr,
+    http_address: Option<SocketAddr>,
+    runtime: Option<tokio::runtime::Runtime>,
+    core_tx: Sender<CoreInput>,
+    fatal_rx: Receiver<String>,
+    threads: Vec<JoinHandle<()>>,
+    verify: Option<BatchPool<VerifyJob>>,
+    status: Arc<StatusCell>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for ReplicaServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaServer")
+            .field("id", &self.id)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplicaServer {
+    /// Bind the listeners and start the replica. Returns once it accepts connections.
+    pub fn start(
+        cluster: &ClusterConfig,
+        options: ReplicaOptions,
+        service: Box<dyn Service>,
+    ) -> Result<ReplicaServer, ServerError> {
+        let id = options.id;
+        let entry = cluster.replicas.get(id as usize).ok_or_else(|| {
+            ServerError::Config(format!(
+                "replica id {id} is not in the cluster file (it has replicas 0..{})",
+                cluster.n()
+            ))
+        })?;
+        if options.keys.public() != entry.keys {
+            return Err(ServerError::Config(format!(
+                "the key file does not belong to replica {id}: its public key differs from \
+                 the cluster file's"
+            )));
+        }
+        let protocol = cluster.protocol.clone();
+        let keyring = cluster.keyring();
+        let auth = Arc::new(NodeAuth::new(
+            Principal::Replica(id),
+            options.keys.clone(),
+            keyring.clone(),
+        ));
+        let clock = Clock::new();
+        let replica = if options.restarted {
+            Replica::restarted(protocol.clone(), id, auth.clone(), clock.now_ms())
+        } else {
+            Replica::new(protocol.clone(), id, auth.clone())
+        }
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(options.io_threads.max(1))
+            .thread_name(format!("replica-{id}-io"))
+            .enable_all()
+            .build()
+            .map_err(|e| ServerError::Internal(format!("cannot start the IO runtime: {e}")))?;
+        let listen = options
+            .listen
+            .clone()
+            .unwrap_or_else(|| entry.address.clone());
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(&listen))
+            .map_err(|source| ServerError::Bind {
+                address: listen.clone(),
+                source,
+            })?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| ServerError::Internal(e.to_string()))?;
+        let http_listen = options.http_listen.clone().or_else(|| entry.http.clone());
+        let http_listener = match &http_listen {
+            Some(a) => Some(runtime.block_on(tokio::net::TcpListener::bind(a)).map_err(
+                |source| ServerError::Bind {
+                    address: a.clone(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        let http_address = http_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let metrics = Arc::new(Metrics::new(id));
+        let status = Arc::new(StatusCell::default());
+        let router = Arc::new(ClientRouter::new(auth.clone(), metrics.clone()));
+        let (core_tx, core_rx) = crossbeam_channel::unbounded::<CoreInput>();
+        let (exec_tx, exec_rx) = crossbeam_channel::unbounded::<ExecJob>();
+        let (read_tx, read_rx) =
+            crossbeam_channel::bounded::<ReadJob>(options.limits.read_queue_max);
+        let (fatal_tx, fatal_rx) = crossbeam_channel::unbounded::<String>();
+
+        let verify = {
+            let (protocol, auth, core_tx, metrics) = (
+                protocol.clone(),
+                auth.clone(),
+                core_tx.clone(),
+                metrics.clone(),
+            );
+            BatchPool::new(
+                &format!("replica-{id}-verify"),
+                options.verify_threads,
+                256,
+                move |jobs| conn::verify_jobs(jobs, &protocol, &auth, &core_tx, &metrics),
+            )
+        };
+        let limits = Limits {
+            peer_budget_bytes: options
+                .limits
+                .peer_budget_bytes
+                .max(2 * options.limits.peer_frame_bytes_max),
+            ..options.limits.clone()
+        };
+        let client_frame_bytes_max = limits.client_frame_bytes(protocol.request_bytes_max);
+        let ctx = Arc::new(NetContext {
+            me: id,
+            cluster_id: cluster.cluster_id,
+            n: cluster.n(),
+            auth: auth.clone(),
+            metrics: metrics.clone(),
+            verify: verify.submitter(),
+            router: router.clone(),
+            peer_budgets: (0..cluster.n())
+                .map(|_| Arc::new(Semaphore::new(limits.peer_budget_bytes)))
+                .collect(),
+            client_budgets: (0..keyring.clients())
+                .map(|_| {
+                    Arc::new(Semaphore::new(
+                        limits.client_budget_bytes.max(2 * client_frame_bytes_max),
+                    ))
+                })
+                .collect(),
+            handshakes: Arc::new(Semaphore::new(limits.handshakes_max)),
+            limits: limits.clone(),
+            client_frame_bytes_max,
+        });
+        let addresses: Vec<String> = cluster.replicas.iter().map(|r| r.address.clone()).collect();
+        let links = {
+            let _guard = runtime.enter();
+            Arc::new(start_peer_links(&ctx, &addresses, limits.peer_queue_frames))
+        };
+        runtime.spawn(accept_loop(listener, ctx.clone()));
+        if let Some(l) = http_listener {
+            let observer = Arc::new(Observer {
+                metrics: metrics.clone(),
+                status: status.clone(),
+                links: links.clone(),
+                queues: Queues {
+                    verify: verify.submitter(),
+                    core: core_rx.clone(),
+                    exec: exec_rx.clone(),
+                    read: read_rx.clone(),
+                },
+            });
+            runtime.spawn(http::serve(l, observer));
+        }
+
+        let core = CoreThread {
+            replica,
+            clock,
+            rx: core_rx,
+            links,
+            router: router.clone(),
+            exec_tx,
+            read_tx,
+            metrics: metrics.clone(),
+            status: status.clone(),
+        };
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map_err(|e| ServerError::Internal(format!("cannot start a thread: {e}")))
+        };
+        let mut threads = vec![spawn(
+            format!("replica-{id}-core"),
+            Box::new(move || core.run()),
+        )?];
+        let service_thread = {
+            let core_tx = core_tx.clone();
+            move || run_executor(id, service, exec_rx, read_rx, core_tx, router, fatal_tx)
+        };
+        threads.push(spawn(
+            format!("replica-{id}-service"),
+            Box::new(service_thread),
+        )?);
+        info!(
+            replica = id,
+            %address,
+            http = ?http_address,
+            n = cluster.n(),
+            f = protocol.f,
+            fault_model = %protocol.fault_model,
+            restarted = options.restarted,
+            "replica started"
+        );
+        Ok(ReplicaServer {
+            id,
+            address,
+            http_address,
+            runtime: Some(runtime),
+            core_tx,
+            fatal_rx,
+            threads,
+            verify: Some(verify),
+            status,
+            metrics,
+        })
+    }
+
+    /// The address peers and clients connect to.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The HTTP address, if one is served.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http_address
+    }
+
+    /// The latest status (refreshed every 100 ms).
+    pub fn status(&self) -> ReplicaStatus {
+        self.status.get()
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
+    /// Block until the replica stops on a fatal error (it never stops otherwise), or `timeout`
+    /// passes (`Ok`).
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<(), ServerError> {
+        let got = match timeout {
+            Some(t) => self.fatal_rx.recv_timeout(t).ok(),
+            None => self.fatal_rx.recv().ok(),
+        };
+        match got {
+            Some(why) => Err(ServerError::Fatal(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stop every thread and close every connection.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.core_tx.send(CoreInput::Shutdown);
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(v) = self.verify.take() {
+            v.shutdown();
+        }
+    }
+}
+
+impl Drop for ReplicaServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
