@@ -1,16 +1,26 @@
 //! The `shieldwall` command-line tool.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shieldwall_core::FaultModel;
-use shieldwall_sim::{campaign, replay_command, run, Scenario, SimParams};
+
+mod client;
+mod gateway;
+mod keygen;
+mod local;
+mod node;
+mod sim;
+mod status;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "shieldwall",
     version,
-    about = "Byzantine-fault-tolerant state machine replication"
+    about = "Byzantine-fault-tolerant state machine replication",
+    long_about = "Byzantine-fault-tolerant state machine replication.\n\n\
+                  Start with `shieldwall local`: a 4-replica cluster on this machine with a \
+                  Redis-protocol front that redis-cli can use."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -19,152 +29,132 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a whole cluster on this machine, serving Redis clients (Ctrl-C stops it).
+    Local(local::LocalArgs),
+    /// Write a cluster file and the key files of every replica and client key.
+    Keygen(keygen::KeygenArgs),
+    /// Run one replica.
+    Node(node::NodeArgs),
+    /// Run the Redis-protocol (RESP2) front of the key-value service.
+    KvGateway(gateway::GatewayArgs),
+    /// Run one key-value command against the cluster (`set k v`, `get k`, ...).
+    Client(client::ClientArgs),
+    /// Show every replica's view, leader and progress; exits non-zero without a quorum.
+    Status(status::StatusArgs),
     /// Run the deterministic cluster simulator.
-    Sim(SimArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct SimArgs {
-    /// Scenario name, or `all` for every scenario that applies to the fault model.
-    #[arg(long, default_value = "all")]
-    scenario: String,
-    /// Seeds per scenario (0..N).
-    #[arg(long, default_value_t = 100)]
-    seeds: u64,
-    /// Replay exactly one run with this seed (prints its full report).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Replicas (default 4 in byzantine mode, 3 in crash mode).
-    #[arg(long)]
-    replicas: Option<u32>,
-    /// byzantine or crash.
-    #[arg(long, default_value = "byzantine")]
-    fault_model: FaultModel,
-    /// Requests each correct client keeps outstanding.
-    #[arg(long, default_value_t = 2)]
-    client_window: usize,
-    /// Send every read as an ordered request (no read-only optimisation).
-    #[arg(long)]
-    no_read_only: bool,
-    /// Sign with real Ed25519 keys (slow) instead of the simulated authenticator.
-    #[arg(long)]
-    ed25519: bool,
-    /// With --seed: print every delivered message and execution to stderr.
-    #[arg(long)]
-    trace: bool,
-    /// List the scenario names and exit.
-    #[arg(long)]
-    list: bool,
+    Sim(sim::SimArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Sim(args) => sim(args),
+    if !matches!(cli.command, Command::Sim(_)) {
+        init_logs();
+    }
+    let result = match cli.command {
+        Command::Sim(args) => return sim::sim(args),
+        Command::Local(args) => local::run(args).map(|()| true),
+        Command::Keygen(args) => keygen::keygen(&args).map(|g| {
+            println!(
+                "wrote {} and the key files of {} replicas and {} client keys in {}",
+                g.cluster_file.display(),
+                g.cluster.n(),
+                g.cluster.clients.len(),
+                args.out.display()
+            );
+            true
+        }),
+        Command::Node(args) => node::run(args).map(|()| true),
+        Command::KvGateway(args) => gateway::run(args).map(|()| true),
+        Command::Client(args) => client::run(args),
+        Command::Status(args) => status::run(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-fn sim(args: SimArgs) -> ExitCode {
-    if args.list {
-        for s in Scenario::ALL {
-            let modes = if s.applies_to(FaultModel::Crash) {
-                "byzantine, crash"
-            } else {
-                "byzantine"
-            };
-            println!("{:<22} {modes}", s.name());
-        }
-        return ExitCode::SUCCESS;
-    }
-    let scenarios = if args.scenario == "all" {
-        Scenario::for_model(args.fault_model)
-    } else {
-        match Scenario::from_name(&args.scenario) {
-            Some(s) if s.applies_to(args.fault_model) => vec![s],
-            Some(s) => {
-                eprintln!("scenario {s} needs byzantine mode");
-                return ExitCode::from(2);
-            }
-            None => {
-                let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-                eprintln!(
-                    "unknown scenario `{}`; known: all, {}",
-                    args.scenario,
-                    names.join(", ")
-                );
-                return ExitCode::from(2);
-            }
-        }
-    };
-    let n = args
-        .replicas
-        .unwrap_or_else(|| SimParams::default_replicas(args.fault_model));
-    let base = SimParams {
-        client_window: args.client_window,
-        read_only: !args.no_read_only,
-        ed25519: args.ed25519,
-        ..SimParams::new(0, n, args.fault_model)
-    };
+/// Logs to stderr; `RUST_LOG` overrides the default level (info).
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .try_init();
+}
 
-    if let Some(seed) = args.seed {
-        let mut failed = false;
-        for s in scenarios {
-            let params = SimParams {
-                seed,
-                trace: args.trace,
-                ..base
-            };
-            let r = run(s, params);
-            println!(
-                "{s}: seed {seed}: steps {} commits {} view changes {} ops {} sim time {} ms, \
-                 decode errors {}, rejected {:?}",
-                r.steps,
-                r.commits,
-                r.view_changes,
-                r.completed_ops,
-                r.sim_time_ms,
-                r.decode_errors,
-                r.rejected
-            );
-            for v in &r.violations {
-                println!("  VIOLATION: {v}");
-            }
-            if !r.violations.is_empty() {
-                failed = true;
-                println!("  replay: {}", replay_command(s, &params));
+/// A multi-threaded tokio runtime for the commands that need one.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// Completes at SIGINT (Ctrl-C) or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
         }
-        return if failed {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        };
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `250ms`, `30s`, `5m`, `2h`, or a plain number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 30s, 5m)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{s}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("fast").is_err());
     }
 
-    let mut failed = false;
-    for s in scenarios {
-        let r = campaign(s, 0..args.seeds, base);
-        println!(
-            "{:<22} n={n} {:<9} seeds {:>5}  steps {:>10}  commits {:>8}  view changes {:>6}  \
-             violations {}",
-            s.name(),
-            args.fault_model,
-            r.runs,
-            r.steps,
-            r.commits,
-            r.view_changes,
-            r.failures.len()
-        );
-        for f in r.failures.iter().take(5) {
-            failed = true;
-            println!("  seed {}: {}", f.seed, f.violations.join(" | "));
-            println!("  replay: {}", f.replay);
-        }
-        failed |= !r.failures.is_empty();
-    }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

@@ -1,0 +1,251 @@
+//! `shieldwall local`: a whole cluster on this machine: replicas as child processes, the RESP
+//! gateway in this process, until Ctrl-C (or `--for`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use shieldwall_core::{Config, FaultModel};
+use shieldwall_node::{ClientOptions, ProtocolOverrides};
+use tokio::net::TcpListener;
+
+/// How to run the local cluster.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LocalArgs {
+    /// Number of replicas.
+    #[arg(long, default_value_t = 4)]
+    pub replicas: u32,
+    /// byzantine (n >= 3f+1) or crash (n >= 2f+1).
+    #[arg(long, default_value = "byzantine")]
+    pub fault_model: FaultModel,
+    /// Address of the RESP (Redis protocol) front.
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    pub resp: String,
+    /// Keep the cluster file, keys and logs in this (new or empty) directory instead of a
+    /// temporary one that is removed at exit.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Stop by itself after this long (`90s`, `5m`, `500ms`); default: until Ctrl-C.
+    #[arg(long = "for", value_parser = crate::parse_duration)]
+    pub run_for: Option<Duration>,
+    /// Protocol setting, `name=value`, repeatable (as for keygen).
+    #[arg(long = "protocol", value_name = "NAME=VALUE")]
+    pub protocol: Vec<String>,
+}
+
+/// Ports the OS says are free now (held briefly, then released for the replicas).
+fn free_ports(count: usize) -> Result<Vec<u16>, String> {
+    let held: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot find free ports: {e}"))?;
+    held.iter()
+        .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string()))
+        .collect()
+}
+
+struct Children {
+    procs: Mutex<Vec<(u32, Child, bool)>>,
+}
+
+impl Children {
+    /// Report replicas that exited on their own (once each).
+    fn check(&self) {
+        if let Ok(mut procs) = self.procs.lock() {
+            for (id, child, reported) in procs.iter_mut() {
+                if !*reported {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        eprintln!("replica {id} exited ({status}); the cluster continues if a quorum is up");
+                        *reported = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIGTERM everyone, wait up to `grace`, then SIGKILL.
+    fn stop(&self, grace: Duration) {
+        let Ok(mut procs) = self.procs.lock() else {
+            return;
+        };
+        for (_, child, _) in procs.iter() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        for (_, child, _) in procs.iter_mut() {
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn run(args: LocalArgs) -> Result<(), String> {
+    let (dir, _temp) = match &args.dir {
+        Some(d) => {
+            if d.join("cluster.toml").exists() {
+                return Err(format!(
+                    "{} already holds a cluster; memory-mode clusters cannot be restarted from \
+                     it (choose a new directory)",
+                    d.display()
+                ));
+            }
+            (d.clone(), None)
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("shieldwall-local-")
+                .tempdir()
+                .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let n = args.replicas;
+    let mut protocol = Config::for_replicas(n, args.fault_model);
+    ProtocolOverrides::from_settings(&args.protocol)
+        .map_err(|e| format!("--protocol: {e}"))?
+        .apply(&mut protocol);
+    protocol.validate().map_err(|e| e.to_string())?;
+    let ports = free_ports(2 * n as usize)?;
+    let addresses = (0..n as usize)
+        .map(|i| {
+            (
+                format!("127.0.0.1:{}", ports[2 * i]),
+                Some(format!("127.0.0.1:{}", ports[2 * i + 1])),
+            )
+        })
+        .collect();
+    let generated = crate::keygen::generate(protocol, addresses, 4, &dir)?;
+    let cluster = generated.cluster;
+    let config_path = generated.cluster_file;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+
+    let children = Arc::new(Children {
+        procs: Mutex::new(Vec::new()),
+    });
+    for i in 0..n {
+        let log_path = dir.join(format!("replica-{i}.log"));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&exe)
+            .arg("node")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--id")
+            .arg(i.to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start replica {i}: {e}"))?;
+        if let Ok(mut p) = children.procs.lock() {
+            p.push((i, child, false));
+        }
+    }
+
+    let rt = crate::runtime()?;
+    let result = rt.block_on(async {
+        // Wait until every replica answers on its status endpoint.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let statuses = crate::status::query(&cluster, Duration::from_millis(500)).await;
+            if statuses.iter().all(Result::is_ok) {
+                break;
+            }
+            if let Ok(mut procs) = children.procs.lock() {
+                for (id, child, _) in procs.iter_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(format!(
+                            "replica {id} exited during start-up ({status}); its log:\n{}",
+                            tail(&dir.join(format!("replica-{id}.log")), 20)
+                        ));
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("the replicas did not all come up within 30 s".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let listener = TcpListener::bind(&args.resp).await.map_err(|e| {
+            format!(
+                "cannot listen on {} for the RESP front: {e} (is a redis-server running there? \
+                 choose another address with --resp)",
+                args.resp
+            )
+        })?;
+        let resp = listener.local_addr().map_err(|e| e.to_string())?;
+        let options = ClientOptions::from_key_file(&cluster, 0).map_err(|e| e.to_string())?;
+        let f = cluster.protocol.f;
+        println!(
+            "shieldwall: {n} replicas, {} mode (tolerates f={f}), memory durability",
+            cluster.protocol.fault_model
+        );
+        println!(
+            "  RESP front   {resp}      try: redis-cli -p {} set hello world",
+            resp.port()
+        );
+        println!("  cluster file {}", config_path.display());
+        println!("  replica logs {}/replica-*.log", dir.display());
+        println!(
+            "  status       shieldwall status --config {}",
+            config_path.display()
+        );
+        println!(
+            "  client       shieldwall client --config {} get hello",
+            config_path.display()
+        );
+        match args.run_for {
+            Some(d) => println!("Stops by itself in {d:?}; Ctrl-C stops it now."),
+            None => println!("Ctrl-C stops the cluster."),
+        }
+        let watch = {
+            let children = children.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    children.check();
+                }
+            }
+        };
+        let shutdown = async {
+            tokio::select! {
+                _ = crate::shutdown_signal() => {}
+                _ = async {
+                    match args.run_for {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                _ = watch => {}
+            }
+        };
+        crate::gateway::serve(&cluster, options, listener, shutdown).await
+    });
+    println!("stopping the replicas");
+    children.stop(Duration::from_secs(5));
+    if args.dir.is_some() {
+        println!("kept {}", dir.display());
+    }
+    result
+}

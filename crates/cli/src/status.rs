@@ -1,0 +1,104 @@
+//! `shieldwall status`: ask every replica's HTTP endpoint how it is doing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shieldwall_node::{ClusterConfig, ReplicaStatus};
+
+/// Which cluster to ask.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The cluster file.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// How long to wait for each replica, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+    /// Print one JSON object per replica instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Each replica's status, or why it could not be had (asked in parallel).
+pub async fn query(
+    cluster: &ClusterConfig,
+    timeout: Duration,
+) -> Vec<Result<ReplicaStatus, String>> {
+    let handles: Vec<_> = cluster
+        .replicas
+        .iter()
+        .map(|r| {
+            let http = r.http.clone();
+            tokio::spawn(async move {
+                let Some(http) = http else {
+                    return Err("no http address in the cluster file".to_string());
+                };
+                let body = shieldwall_node::http::get(&http, "/status", timeout).await?;
+                serde_json::from_str::<ReplicaStatus>(&body).map_err(|e| format!("bad status: {e}"))
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(handles.len());
+    for h in handles {
+        results.push(h.await.unwrap_or_else(|e| Err(e.to_string())));
+    }
+    results
+}
+
+/// Print the table; `Ok(true)` if a quorum answered.
+pub fn run(args: StatusArgs) -> Result<bool, String> {
+    let cluster = ClusterConfig::load(&args.config).map_err(|e| e.to_string())?;
+    let rt = crate::runtime()?;
+    let results = rt.block_on(query(&cluster, Duration::from_millis(args.timeout_ms)));
+    let up = results.iter().filter(|r| r.is_ok()).count();
+    let quorum = cluster.protocol.quorum();
+    if args.json {
+        for (r, entry) in results.iter().zip(&cluster.replicas) {
+            let v = match r {
+                Ok(s) => {
+                    serde_json::json!({"reachable": true, "address": entry.address, "status": s})
+                }
+                Err(e) => {
+                    serde_json::json!({"reachable": false, "address": entry.address, "id": entry.id, "error": e})
+                }
+            };
+            println!("{v}");
+        }
+    } else {
+        println!(
+            "{:<8} {:<22} {:<10} {:>6} {:>7} {:<14} {:>10} {:>10} {:>8}",
+            "replica",
+            "address",
+            "reachable",
+            "view",
+            "leader",
+            "status",
+            "executed",
+            "stable",
+            "peers"
+        );
+        for (r, entry) in results.iter().zip(&cluster.replicas) {
+            match r {
+                Ok(s) => println!(
+                    "{:<8} {:<22} {:<10} {:>6} {:>7} {:<14} {:>10} {:>10} {:>8}",
+                    entry.id,
+                    entry.address,
+                    "yes",
+                    s.view,
+                    s.leader,
+                    s.status,
+                    s.last_executed,
+                    s.stable_checkpoint,
+                    format!("{}/{}", s.peers_connected, s.n - 1)
+                ),
+                Err(e) => println!("{:<8} {:<22} no ({e})", entry.id, entry.address),
+            }
+        }
+        println!(
+            "{up} of {} replicas answered; a quorum is {quorum}: {}",
+            cluster.n(),
+            if up >= quorum { "ok" } else { "NOT ENOUGH" }
+        );
+    }
+    Ok(up >= quorum)
+}

@@ -1,0 +1,474 @@
+//! Real-process tests: replicas as OS processes on loopback, driven like a user and killed like
+//! an operator. One cluster at a time (a lock), so that two clusters never compete for this
+//! machine's cores and slow each other into view changes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis::Commands;
+use shieldwall_core::message::{Checkpoint, Signable, Signed, Vote};
+use shieldwall_core::{Authenticator, Digest, Message, Principal, Request, SignedRequest};
+use shieldwall_crypto::{client_id, KeyPair, NodeAuth};
+use shieldwall_kv::KvReply;
+use shieldwall_wire::{decode_reply, Frame};
+
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Concurrent writers through the client library: distinct keys plus one shared counter;
+/// then every value is read back.
+fn library_workload(c: &TestCluster, tag: &str, writers: usize, per_writer: usize) {
+    let counter = format!("{tag}-counter");
+    let client = c.client(1);
+    c.rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..writers {
+            let client = client.clone();
+            let (tag, counter) = (tag.to_string(), counter.clone());
+            tasks.spawn(async move {
+                for i in 0..per_writer {
+                    let key = format!("{tag}-w{w}-{i}");
+                    let r = client
+                        .invoke(set(&key, &format!("v{w}.{i}")))
+                        .await
+                        .unwrap();
+                    assert_eq!(reply(&r), KvReply::Ok);
+                    client.invoke(incr(&counter)).await.unwrap();
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let total = (writers * per_writer) as i64;
+        let r = client.invoke_read(get(&counter)).await.unwrap();
+        assert_eq!(reply(&r), KvReply::Bulk(total.to_string().into_bytes()));
+        for w in 0..writers {
+            for i in 0..per_writer {
+                let r = client
+                    .invoke_read(get(&format!("{tag}-w{w}-{i}")))
+                    .await
+                    .unwrap();
+                assert_eq!(reply(&r), KvReply::Bulk(format!("v{w}.{i}").into_bytes()));
+            }
+        }
+    });
+}
+
+/// Every command through the RESP gateway with a real Redis client.
+fn resp_workload(addr: &str) {
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG");
+    let _: () = con.set("greeting", "hello").unwrap();
+    let v: String = con.get("greeting").unwrap();
+    assert_eq!(v, "hello");
+    let n: i64 = con.incr("hits", 5).unwrap();
+    assert_eq!(n, 5);
+    let n: i64 = con.decr("hits", 2).unwrap();
+    assert_eq!(n, 3);
+    let len: i64 = con.append("greeting", " world").unwrap();
+    assert_eq!(len, 11);
+    let _: () = con.mset(&[("a", "1"), ("b", "2")]).unwrap();
+    let vals: Vec<Option<String>> = con.mget(&["a", "missing", "b"]).unwrap();
+    assert_eq!(vals, vec![Some("1".into()), None, Some("2".into())]);
+    let mut keys: Vec<String> = con.keys("*").unwrap();
+    keys.sort();
+    assert_eq!(keys, ["a", "b", "greeting", "hits"]);
+    let deleted: i64 = con.del(&["a", "b", "nope"]).unwrap();
+    assert_eq!(deleted, 2);
+    let exists: i64 = con.exists("greeting").unwrap();
+    assert_eq!(exists, 1);
+    let nx: bool = redis::cmd("SET")
+        .arg("greeting")
+        .arg("x")
+        .arg("NX")
+        .query::<Option<String>>(&mut con)
+        .unwrap()
+        .is_some();
+    assert!(!nx, "SET NX on an existing key does nothing");
+    let err = redis::cmd("NOSUCHCOMMAND")
+        .query::<String>(&mut con)
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown command"), "{err}");
+    // Pipelined: 100 commands in one round trip, replies in order.
+    let mut pipe = redis::pipe();
+    for i in 0..100 {
+        pipe.cmd("INCR").arg("piped");
+        pipe.cmd("SET").arg(format!("p{i}")).arg(i).ignore();
+    }
+    let counts: Vec<i64> = pipe.query(&mut con).unwrap();
+    assert_eq!(counts, (1..=100).collect::<Vec<i64>>());
+    let size: i64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(size, 3 + 100);
+}
+
+#[test]
+fn byzantine_cluster_of_4_serves_library_and_redis_clients() {
+    let _serial = serial();
+    let mut c = TestCluster::new(4, "byzantine", &[]);
+    c.start_all();
+    library_workload(&c, "a", 8, 25);
+    let addr = c.start_gateway(0);
+    resp_workload(&addr);
+    for i in 0..4 {
+        let s = c.status(i).unwrap();
+        assert_eq!(
+            (s.view, s.status.as_str(), s.peers_connected),
+            (0, "normal", 3),
+            "{s:?}"
+        );
+    }
+    // Every replica executed the same prefix (allow the slowest a moment to catch up).
+    wait_for(
+        "replicas to agree on the executed prefix",
+        Duration::from_secs(10),
+        || {
+            let done: Vec<u64> = (0..4).map(|i| c.status(i).unwrap().last_executed).collect();
+            done.iter().all(|d| *d == done[0])
+        },
+    );
+    assert!(c.metric(0, "shieldwall_executed_requests_total", "") >= 400.0);
+    assert!(c.metric(0, "shieldwall_request_latency_seconds_count", "") > 0.0);
+}
+
+#[test]
+fn crash_cluster_of_3_serves_library_and_redis_clients() {
+    let _serial = serial();
+    let mut c = TestCluster::new(3, "crash", &[]);
+    c.start_all();
+    library_workload(&c, "a", 4, 25);
+    let addr = c.start_gateway(0);
+    resp_workload(&addr);
+    let s = c.status(2).unwrap();
+    assert_eq!((s.fault_model.as_str(), s.f, s.n), ("crash", 1, 3));
+}
+
+#[test]
+fn killing_the_leader_mid_workload_loses_no_acknowledged_write() {
+    let _serial = serial();
+    let mut c = TestCluster::new(
+        4,
+        "byzantine",
+        &["request_timeout_ms=1000", "view_change_timeout_ms=1000"],
+    );
+    c.start_all();
+    assert_eq!(c.status(1).unwrap().leader, 0);
+    let client = c.client(1);
+    let acked = std::sync::Arc::new(Mutex::new(BTreeMap::new()));
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let client = client.clone();
+            let acked = acked.clone();
+            c.rt.spawn(async move {
+                for i in 0..60 {
+                    let (key, value) = (format!("k{w}-{i}"), format!("v{i}"));
+                    // Every write must complete: the view change happens within the timeout.
+                    client.invoke(set(&key, &value)).await.unwrap();
+                    acked.lock().unwrap().insert(key, value);
+                }
+            })
+        })
+        .collect();
+    wait_for("a third of the writes", Duration::from_secs(60), || {
+        acked.lock().unwrap().len() >= 120
+    });
+    c.kill(0);
+    let killed_at = Instant::now();
+    for w in writers {
+        c.rt.block_on(w).unwrap();
+    }
+    eprintln!(
+        "workload completed {:?} after the leader died",
+        killed_at.elapsed()
+    );
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 360);
+    for i in 1..4 {
+        let s = c.status(i).unwrap();
+        assert!(
+            s.view >= 1 && s.leader != 0,
+            "replica {i} moved past the dead leader: {s:?}"
+        );
+    }
+    c.rt.block_on(async {
+        for (key, value) in &acked {
+            let r = client.invoke_read(get(key)).await.unwrap();
+            assert_eq!(
+                reply(&r),
+                KvReply::Bulk(value.clone().into_bytes()),
+                "{key}"
+            );
+        }
+    });
+}
+
+/// Replica 3 is replaced by a harness holding its key: it sends garbage, oversized frames,
+/// messages signed with the wrong key, impersonations and replays. The three correct replicas
+/// stay live (f = 1) and correct, count every rejection, and their memory stays bounded.
+#[test]
+fn a_fake_replica_cannot_disturb_the_cluster() {
+    let _serial = serial();
+    let mut c = TestCluster::new(4, "byzantine", &[]);
+    for i in 0..3 {
+        c.start(i);
+    }
+    c.wait_ready(&[0, 1, 2]);
+    let keys3 = replica_keys(&c, 3);
+    let wrong = KeyPair::generate();
+    let cluster = c.cluster.clone();
+    let rss_before: Vec<u64> = (0..3).map(|i| c.rss_kib(i)).collect();
+
+    let attack = c.rt.spawn(async move {
+        let me = Principal::Replica(3);
+        let auth = NodeAuth::new(me, keys3.clone(), cluster.keyring());
+        let wrong_auth = NodeAuth::new(me, wrong.clone(), cluster.keyring());
+        // Handshake with the wrong key: refused.
+        for target in 0..3 {
+            let refused = RawConn::connect(&cluster, target, me, wrong.clone()).await;
+            assert!(refused.is_err(), "a wrong key must not pass the handshake");
+        }
+        for round in 0..20u64 {
+            for target in 0..3 {
+                // Garbage bytes straight after the handshake.
+                let mut conn = RawConn::connect(&cluster, target, me, keys3.clone())
+                    .await
+                    .unwrap();
+                conn.send_raw(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8])
+                    .await
+                    .ok();
+                assert!(conn.closed_within(Duration::from_secs(5)).await);
+                // A frame claiming 1 GiB: refused from its header.
+                let mut conn = RawConn::connect(&cluster, target, me, keys3.clone())
+                    .await
+                    .unwrap();
+                conn.send_raw(&(1u32 << 30).to_le_bytes()).await.ok();
+                assert!(conn.closed_within(Duration::from_secs(5)).await);
+                // A 1 MiB frame of garbage (within the limit): malformed.
+                let mut conn = RawConn::connect(&cluster, target, me, keys3.clone())
+                    .await
+                    .unwrap();
+                let mut big = ((1u32 << 20) + 2).to_le_bytes().to_vec();
+                big.extend_from_slice(&[shieldwall_wire::VERSION, 4]);
+                big.extend(std::iter::repeat_n(0xffu8, 1 << 20));
+                conn.send_raw(&big).await.ok();
+                assert!(conn.closed_within(Duration::from_secs(5)).await);
+                // Signed with the wrong key, impersonating replica 1, and replayed votes.
+                let mut conn = RawConn::connect(&cluster, target, me, keys3.clone())
+                    .await
+                    .unwrap();
+                let vote = Vote {
+                    view: 0,
+                    seq: 1 + round,
+                    batch_digest: Digest([round as u8; 32]),
+                };
+                let bytes = shieldwall_core::message::vote_signing_bytes(
+                    shieldwall_core::message::Phase::Commit,
+                    &vote,
+                );
+                let forged = Message::Commit(Signed {
+                    from: 3,
+                    body: vote,
+                    sig: wrong_auth.sign(&bytes),
+                });
+                let impersonation = Message::Commit(Signed {
+                    from: 1,
+                    body: vote,
+                    sig: auth.sign(&bytes),
+                });
+                let checkpoint = Checkpoint {
+                    seq: 64 * 1000,
+                    state_digest: Digest([9; 32]),
+                };
+                let valid = Message::Checkpoint(Signed {
+                    from: 3,
+                    body: checkpoint,
+                    sig: auth.sign(&checkpoint.signing_bytes()),
+                });
+                for m in [forged, impersonation] {
+                    conn.send(&Frame::Peer(m)).await.unwrap();
+                }
+                for _ in 0..50 {
+                    conn.send(&Frame::Peer(valid.clone())).await.unwrap();
+                }
+                // A frame of a kind peers never send.
+                conn.send(&Frame::Request(SignedRequest {
+                    request: Request {
+                        client: 0,
+                        req_seq: 1,
+                        read_only: false,
+                        op: vec![],
+                    },
+                    auth: vec![],
+                }))
+                .await
+                .unwrap();
+                assert!(conn.closed_within(Duration::from_secs(5)).await);
+            }
+        }
+        // Unauthenticated garbage on a fresh connection.
+        for target in 0..3 {
+            let mut s = tokio::net::TcpStream::connect(&cluster.replicas[target].address)
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut s, &[0xffu8; 4096])
+                .await
+                .ok();
+        }
+    });
+    // Meanwhile the service works.
+    library_workload(&c, "a", 4, 25);
+    c.rt.block_on(attack).unwrap();
+    library_workload(&c, "b", 2, 10);
+
+    for i in 0..3 {
+        let m = |label| c.metric(i, "shieldwall_rejected_total", label);
+        assert!(
+            m("reason=\"bad_handshake\"") >= 1.0,
+            "replica {i}: wrong-key handshakes"
+        );
+        assert!(
+            m("reason=\"frame_too_large\"") >= 20.0,
+            "replica {i}: oversized frames"
+        );
+        assert!(
+            m("reason=\"malformed_frame\"") >= 20.0,
+            "replica {i}: garbage frames"
+        );
+        assert!(
+            m("reason=\"bad_signature\"") >= 40.0,
+            "replica {i}: forged and impersonated votes"
+        );
+        assert!(
+            m("reason=\"unexpected_frame\"") >= 20.0,
+            "replica {i}: wrong frame kinds"
+        );
+        let rss = c.rss_kib(i);
+        assert!(
+            rss < rss_before[i as usize] + 200 * 1024,
+            "replica {i} grew from {} KiB to {rss} KiB",
+            rss_before[i as usize]
+        );
+        let s = c.status(i).unwrap();
+        assert_eq!(
+            s.view, 0,
+            "no view change: the fake replica is not the leader"
+        );
+    }
+}
+
+/// The next frame on `conn`, which must be a reply to request number 2 MACed by replica `r`.
+async fn next_reply(conn: &mut RawConn, auth: &NodeAuth, r: u32) -> Vec<u8> {
+    let Frame::Reply(m) = conn.next().await.unwrap() else {
+        panic!("expected a reply")
+    };
+    assert!(auth.verify_mac(Principal::Replica(r), &m.reply, &m.mac));
+    let reply = decode_reply(&m.reply).unwrap();
+    assert_eq!(reply.req_seq, 2);
+    reply.result
+}
+
+/// A client that cannot prove its key is refused; a request with a bad signature is rejected;
+/// a retransmitted request executes once and every copy gets the same reply.
+#[test]
+fn client_authentication_and_exactly_once() {
+    let _serial = serial();
+    let mut c = TestCluster::new(4, "byzantine", &[]);
+    c.start_all();
+    let cluster = c.cluster.clone();
+    let good = client_keys(&c, 2);
+    c.rt.block_on(async {
+        let me = Principal::Client(client_id(2, 0));
+        // The key of client 2 claimed with another key: refused.
+        let err = RawConn::connect(&cluster, 0, me, KeyPair::generate())
+            .await
+            .err();
+        assert!(err.is_some_and(|e| e.contains("refused") || e.contains("closed")));
+        // A client key the cluster does not know: refused with the reason.
+        let err = RawConn::connect(
+            &cluster,
+            0,
+            Principal::Client(client_id(99, 0)),
+            KeyPair::generate(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.contains("not in the cluster file"), "{err}");
+
+        let auth = NodeAuth::new(me, good.clone(), cluster.keyring());
+        let mut conns = Vec::new();
+        for r in 0..4 {
+            conns.push(
+                RawConn::connect(&cluster, r, me, good.clone())
+                    .await
+                    .unwrap(),
+            );
+        }
+        // A request signed by someone else: rejected, never executed.
+        let bad = Request {
+            client: client_id(2, 0),
+            req_seq: 1,
+            read_only: false,
+            op: incr("once"),
+        };
+        let forged = SignedRequest {
+            request: bad.clone(),
+            auth: NodeAuth::new(me, KeyPair::generate(), cluster.keyring())
+                .sign(&bad.signing_bytes()),
+        };
+        for conn in &mut conns {
+            conn.send(&Frame::Request(forged.clone())).await.unwrap();
+        }
+        // The same signed request five times to every replica.
+        let request = Request {
+            client: client_id(2, 0),
+            req_seq: 2,
+            read_only: false,
+            op: incr("once"),
+        };
+        let signed = SignedRequest {
+            auth: auth.sign(&request.signing_bytes()),
+            request,
+        };
+        let mut results = Vec::new();
+        // Five copies at once: one execution, one reply per replica (copies that arrive while
+        // the request is pending are absorbed).
+        for conn in conns.iter_mut() {
+            for _ in 0..5 {
+                conn.send(&Frame::Request(signed.clone())).await.unwrap();
+            }
+        }
+        for (r, conn) in conns.iter_mut().enumerate() {
+            results.push(next_reply(conn, &auth, r as u32).await);
+        }
+        // Retransmissions after execution are answered from the client table.
+        for (r, conn) in conns.iter_mut().enumerate() {
+            for _ in 0..3 {
+                conn.send(&Frame::Request(signed.clone())).await.unwrap();
+                results.push(next_reply(conn, &auth, r as u32).await);
+            }
+        }
+        assert_eq!(results.len(), 16);
+        assert!(results.iter().all(|r| *r == results[0]));
+        assert_eq!(reply(&results[0]), KvReply::Int(1), "executed exactly once");
+    });
+    let client = c.client(1);
+    let r = c.rt.block_on(client.invoke(get("once"))).unwrap();
+    assert_eq!(reply(&r), KvReply::Bulk(b"1".to_vec()));
+    for i in 0..4 {
+        let m = |label| c.metric(i, "shieldwall_rejected_total", label);
+        assert!(m("reason=\"bad_client_auth\"") >= 1.0, "replica {i}");
+    }
+    assert!(c.metric(0, "shieldwall_rejected_total", "reason=\"bad_handshake\"") >= 2.0);
+}
