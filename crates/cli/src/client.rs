@@ -22,15 +22,12 @@ pub struct ClientArgs {
 }
 
 /// Run the command; `Ok(false)` when the service answered with an error.
-pub fn run(mut args: ClientArgs) -> Result<bool, String> {
-    if args.client.client_key == 0 && args.client.key.is_none() {
-        // Key 0 is the gateway's by convention; the command line uses key 1.
-        args.client.client_key = 1;
-    }
+pub fn run(args: ClientArgs) -> Result<bool, String> {
     let cluster = ClusterConfig::load(&args.config).map_err(|e| e.to_string())?;
-    let options = args.client.options(&cluster)?;
+    // Key 0 is the gateway's by convention; the command line uses key 1.
+    let options = args.client.options(&cluster, 1)?;
     let command = parse_command(args.command.iter().map(|a| a.as_bytes().to_vec()).collect())
-        .map_err(|e| format!("(error) {e}"))?;
+        .map_err(|e| format!("{e}"))?;
     let rt = crate::runtime()?;
     let bytes = rt.block_on(async {
         let mut options = options;

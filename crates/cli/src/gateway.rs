@@ -23,9 +23,10 @@ pub struct GatewayArgs {
 /// Which client key to use.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClientKeyArgs {
-    /// Client key index in the cluster file (one process per key at a time).
-    #[arg(long, default_value_t = 0)]
-    pub client_key: u64,
+    /// Client key index in the cluster file; one process per key at a time (default: 0 for
+    /// the gateway, 1 for `client`).
+    #[arg(long)]
+    pub client_key: Option<u64>,
     /// The client key file (default: client-<index>.key next to the cluster file).
     #[arg(long)]
     pub key: Option<PathBuf>,
@@ -35,20 +36,21 @@ pub struct ClientKeyArgs {
 }
 
 impl ClientKeyArgs {
-    pub fn options(&self, cluster: &ClusterConfig) -> Result<ClientOptions, String> {
+    /// Client options for the chosen key (`default_key` if none was given).
+    pub fn options(
+        &self,
+        cluster: &ClusterConfig,
+        default_key: u64,
+    ) -> Result<ClientOptions, String> {
+        let key = self.client_key.unwrap_or(default_key);
         let mut o = match &self.key {
             Some(path) => {
-                let p = shieldwall_core::Principal::Client(shieldwall_crypto::client_id(
-                    self.client_key,
-                    0,
-                ));
+                let p = shieldwall_core::Principal::Client(shieldwall_crypto::client_id(key, 0));
                 let keys =
                     shieldwall_crypto::KeyPair::read_file(path, p).map_err(|e| e.to_string())?;
-                ClientOptions::new(self.client_key, keys)
+                ClientOptions::new(key, keys)
             }
-            None => {
-                ClientOptions::from_key_file(cluster, self.client_key).map_err(|e| e.to_string())?
-            }
+            None => ClientOptions::from_key_file(cluster, key).map_err(|e| e.to_string())?,
         };
         o.timeout = std::time::Duration::from_millis(self.timeout_ms);
         Ok(o)
@@ -79,16 +81,14 @@ pub async fn serve(
 
 pub fn run(args: GatewayArgs) -> Result<(), String> {
     let cluster = ClusterConfig::load(&args.config).map_err(|e| e.to_string())?;
-    let options = args.client.options(&cluster)?;
+    let options = args.client.options(&cluster, 0)?;
+    let key = options.key_index;
     let rt = crate::runtime()?;
     rt.block_on(async {
         let listener = TcpListener::bind(&args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        eprintln!(
-            "RESP gateway on {} (client key {})",
-            args.listen, args.client.client_key
-        );
+        eprintln!("RESP gateway on {} (client key {})", args.listen, key);
         serve(&cluster, options, listener, crate::shutdown_signal()).await
     })
 }

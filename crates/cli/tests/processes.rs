@@ -472,3 +472,95 @@ fn client_authentication_and_exactly_once() {
     }
     assert!(c.metric(0, "shieldwall_rejected_total", "reason=\"bad_handshake\"") >= 2.0);
 }
+
+/// README's first command: `shieldwall local` serves Redis clients, and Ctrl-C (SIGINT) stops
+/// the gateway and every replica it started.
+#[test]
+fn local_serves_redis_clients_and_stops_cleanly_on_ctrl_c() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_dir = dir.path().join("local");
+    let resp = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let log = std::fs::File::create(dir.path().join("local.log")).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["local", "--resp", &resp, "--for", "120s"])
+        .arg("--dir")
+        .arg(&cluster_dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let show_log = || std::fs::read_to_string(dir.path().join("local.log")).unwrap_or_default();
+    wait_for("the RESP front of `local`", Duration::from_secs(60), || {
+        std::net::TcpStream::connect(&resp).is_ok()
+    });
+    let client = redis::Client::open(format!("redis://{resp}/")).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let _: () = con.set("hello", "world").unwrap();
+    let v: String = con.get("hello").unwrap();
+    assert_eq!(v, "world");
+    let out = show_log();
+    assert!(out.contains("redis-cli -p"), "prints how to connect: {out}");
+
+    // The status command sees the cluster `local` started.
+    let config = cluster_dir.join("cluster.toml");
+    let status = std::process::Command::new(bin())
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("4 of 4 replicas answered"), "{text}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "local did not stop: {}", show_log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit}: {}", show_log());
+    // Every replica is gone: none of their ports answers.
+    let cluster = shieldwall_node::ClusterConfig::load(&config).unwrap();
+    for r in &cluster.replicas {
+        assert!(
+            std::net::TcpStream::connect(&r.address).is_err(),
+            "replica {} still listens",
+            r.id
+        );
+    }
+}
+
+/// `status` exits non-zero once fewer than a quorum of replicas answer.
+#[test]
+fn status_reports_a_lost_quorum() {
+    let _serial = serial();
+    let mut c = TestCluster::new(3, "crash", &[]);
+    c.start_all();
+    let run = |c: &TestCluster| {
+        std::process::Command::new(bin())
+            .args(["status", "--timeout-ms", "500", "--config"])
+            .arg(&c.config_path)
+            .output()
+            .unwrap()
+    };
+    let out = run(&c);
+    assert!(out.status.success());
+    c.kill(1);
+    let out = run(&c);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "2 of 3 is a quorum: {text}");
+    assert!(text.contains("2 of 3 replicas answered"), "{text}");
+    c.kill(2);
+    let out = run(&c);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "1 of 3 is not a quorum: {text}");
+    assert!(text.contains("NOT ENOUGH"), "{text}");
+}
