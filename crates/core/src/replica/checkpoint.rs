@@ -15,6 +15,10 @@ impl Replica {
     pub(crate) fn take_checkpoint(&mut self, seq: Seq, service: Vec<u8>) {
         let clients = self.clients.encode();
         let digest = StateSnapshot::state_digest(&service, &clients);
+        if seq == self.stable.seq && digest == self.stable.state_digest {
+            // The checkpoint became stable before we executed it: now we can serve its state.
+            self.stable_state = Some((service.clone(), clients.clone()));
+        }
         self.own_checkpoints.insert(seq, (digest, service, clients));
         if self.may_vote() {
             let body = Checkpoint {
@@ -114,14 +118,28 @@ impl Replica {
         };
         self.stable = cert;
         self.stats.stable_checkpoints += 1;
-        self.slots = self.slots.split_off(&(seq + 1));
+        // PBFT 4.3 discards the log up to the stable checkpoint. A replica whose service lags
+        // behind its own commits (the usual case for a busy leader) keeps the committed batches
+        // it has not executed yet: it needs them, and fetching them from a peer would cost a
+        // snapshot transfer for work it is about to do.
+        let executable = (self.last_executed + 1..=seq).all(|s| {
+            self.slots
+                .get(&s)
+                .is_some_and(|slot| slot.committed.is_some())
+        });
+        let keep_from = if executable {
+            (self.last_executed + 1).min(seq + 1)
+        } else {
+            seq + 1
+        };
+        self.slots = self.slots.split_off(&keep_from);
         self.checkpoint_votes = self.checkpoint_votes.split_off(&(seq + 1));
         self.own_checkpoints = self.own_checkpoints.split_off(&(seq + 1));
         self.ahead_checkpoints.retain(|_, s| *s > seq);
         if self.next_seq <= seq {
             self.next_seq = seq + 1;
         }
-        if self.last_executed < seq {
+        if self.last_executed < seq && !executable {
             // PBFT 4.3 / 5.3: others have a stable state we do not: transfer it.
             self.note_progress_hint(seq);
             self.start_fetch();

@@ -338,6 +338,15 @@ fn checkpoints_become_stable_and_collect_garbage() {
         assert_eq!(r.last_executed(), 10);
         assert_eq!(r.stable_checkpoint(), 8);
         assert!(r.slots.keys().all(|s| *s > 8));
+        // What lies above the checkpoint stays: a view change must carry its certificates.
+        for s in [9, 10] {
+            assert!(
+                r.slots
+                    .get(&s)
+                    .is_some_and(|slot| slot.prepared_cert.is_some()),
+                "slot {s}"
+            );
+        }
         assert_eq!(r.checkpoint_voters(8), Vec::<ReplicaId>::new());
     }
 }
@@ -674,5 +683,153 @@ fn a_lone_suspicious_replica_does_not_climb_views() {
     assert_eq!(c.replicas[3].status(), Status::ViewChanging);
     for i in 0..3 {
         assert_eq!(c.replicas[i].view(), 0);
+    }
+}
+
+/// A replica whose service lags behind its commits keeps the committed batches when their
+/// checkpoint becomes stable, executes them itself, and asks no peer for state.
+#[test]
+fn lagging_execution_does_not_trigger_state_transfer() {
+    let cfg = config(4, FaultModel::Byzantine);
+    let mut r = Replica::new(cfg.clone(), 1, auth(Principal::Replica(1))).unwrap();
+    let sign = |from: u32, bytes: &[u8]| SimAuth::new(Principal::Replica(from), SEED).sign(bytes);
+    let mut out = Vec::new();
+    let mut executes = Vec::new();
+    for seq in 1..=4u64 {
+        let batch = vec![request(9, seq, b"op")];
+        let body = PrePrepare {
+            view: 0,
+            seq,
+            batch_digest: batch_digest(&batch),
+            batch,
+        };
+        let vote = Vote {
+            view: 0,
+            seq,
+            batch_digest: body.batch_digest,
+        };
+        let pp = Signed {
+            from: 0,
+            sig: sign(0, &body.signing_bytes()),
+            body,
+        };
+        r.handle(0, Event::Message(Message::PrePrepare(pp)), &mut out);
+        for from in [2, 3] {
+            let sig = sign(from, &vote_signing_bytes(Phase::Prepare, &vote));
+            r.handle(
+                0,
+                Event::Message(Message::Prepare(Signed {
+                    from,
+                    body: vote,
+                    sig,
+                })),
+                &mut out,
+            );
+        }
+        for from in [0, 2] {
+            let sig = sign(from, &vote_signing_bytes(Phase::Commit, &vote));
+            r.handle(
+                0,
+                Event::Message(Message::Commit(Signed {
+                    from,
+                    body: vote,
+                    sig,
+                })),
+                &mut out,
+            );
+        }
+        executes.extend(
+            out.drain(..)
+                .filter(|a| matches!(a, Action::Execute { .. })),
+        );
+    }
+    // Only batch 1 went to the service; it has not answered yet.
+    assert_eq!(executes.len(), 1);
+    // The others agree on checkpoint 4: it becomes stable here.
+    let digest = crate::types::Digest([4; 32]);
+    for from in [0, 2, 3] {
+        let body = crate::message::Checkpoint {
+            seq: 4,
+            state_digest: digest,
+        };
+        let sig = sign(from, &body.signing_bytes());
+        r.handle(
+            0,
+            Event::Message(Message::Checkpoint(Signed { from, body, sig })),
+            &mut out,
+        );
+    }
+    assert_eq!(r.stable_checkpoint(), 4);
+    assert!(
+        !out.iter().any(|a| matches!(
+            a,
+            Action::Send {
+                message: Message::Fetch(_),
+                ..
+            } | Action::Broadcast {
+                message: Message::Fetch(_)
+            }
+        )),
+        "no state transfer: {out:?}"
+    );
+    out.clear();
+    // The service catches up: batches 2..4 come from the kept log.
+    for seq in 1..=4u64 {
+        r.handle(
+            1,
+            Event::Executed {
+                seq,
+                results: vec![b"ok".to_vec()],
+                snapshot: (seq == 4).then(|| b"state".to_vec()),
+            },
+            &mut out,
+        );
+    }
+    assert_eq!(r.last_executed(), 4);
+    assert!(!out.iter().any(|a| matches!(a, Action::Restore { .. })));
+    // Long after, still nothing to fetch.
+    r.handle(10_000, Event::Tick, &mut out);
+    assert!(!out.iter().any(|a| matches!(
+        a,
+        Action::Send {
+            message: Message::Fetch(_),
+            ..
+        }
+    )));
+}
+
+/// A checkpoint that becomes stable after the replica executed past it keeps everything above
+/// the checkpoint (the prepared certificates a view change must carry).
+#[test]
+fn a_late_stable_checkpoint_keeps_the_slots_above_it() {
+    let mut c = Cluster::new(4, FaultModel::Byzantine);
+    c.drop.push((1, "checkpoint"));
+    for s in 1..=8 {
+        c.submit(request(1, s, b"w"));
+    }
+    assert_eq!(c.replicas[1].last_executed(), 8);
+    assert_eq!(c.replicas[1].stable_checkpoint(), 0);
+    let digest = c.replicas[1].own_checkpoints[&4].0;
+    for from in [0, 2, 3] {
+        let body = crate::message::Checkpoint {
+            seq: 4,
+            state_digest: digest,
+        };
+        let sig = SimAuth::new(Principal::Replica(from), SEED).sign(&body.signing_bytes());
+        c.event(
+            1,
+            Event::Message(Message::Checkpoint(Signed { from, body, sig })),
+        );
+    }
+    let r = &c.replicas[1];
+    assert_eq!(r.stable_checkpoint(), 4);
+    assert!(r.slots.keys().all(|s| *s > 4));
+    for s in 5..=8 {
+        assert!(
+            r.slots
+                .get(&s)
+                .is_some_and(|slot| slot.prepared_cert.is_some()),
+            "slot {s}"
+        );
     }
 }
