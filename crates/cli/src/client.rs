@@ -26,8 +26,7 @@ pub fn run(args: ClientArgs) -> Result<bool, String> {
     let cluster = ClusterConfig::load(&args.config).map_err(|e| e.to_string())?;
     // Key 0 is the gateway's by convention; the command line uses key 1.
     let options = args.client.options(&cluster, 1)?;
-    let command = parse_command(args.command.iter().map(|a| a.as_bytes().to_vec()).collect())
-        .map_err(|e| format!("{e}"))?;
+    let command = parse_command(args.command.iter().map(|a| a.as_bytes().to_vec()).collect())?;
     let rt = crate::runtime()?;
     let bytes = rt.block_on(async {
         let mut options = options;

@@ -523,7 +523,11 @@ fn local_serves_redis_clients_and_stops_cleanly_on_ctrl_c() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "local did not stop: {}", show_log());
+        assert!(
+            Instant::now() < deadline,
+            "local did not stop: {}",
+            show_log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "{exit}: {}", show_log());

@@ -14,10 +14,12 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod deferred;
 pub mod keys;
 pub mod pool;
 
 pub use auth::{Keyring, NodeAuth};
+pub use deferred::{RecordedSig, Recorder, VerifiedCache};
 pub use keys::{
     client_id, client_key_index, client_lane, KeyError, KeyPair, PublicKeys, CLIENT_LANES,
 };

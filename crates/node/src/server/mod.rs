@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use shieldwall_core::{Principal, Replica, ReplicaId};
 use shieldwall_crypto::pool::BatchPool;
-use shieldwall_crypto::{KeyPair, NodeAuth};
+use shieldwall_crypto::{KeyPair, NodeAuth, VerifiedCache};
 use tokio::sync::Semaphore;
 use tracing::info;
 
@@ -27,6 +27,9 @@ use crate::config::ClusterConfig;
 use crate::http::{self, HttpContent};
 use crate::metrics::Metrics;
 use crate::service::Service;
+
+/// Signatures remembered as verified (32 bytes each, about 2 MiB with the index).
+const VERIFIED_CACHE_ENTRIES: usize = 1 << 16;
 
 /// Bounds on what a replica holds for its peers and clients.
 #[derive(Clone, Debug)]
@@ -311,11 +314,12 @@ impl ReplicaServer {
                 core_tx.clone(),
                 metrics.clone(),
             );
+            let cache = VerifiedCache::new(VERIFIED_CACHE_ENTRIES);
             BatchPool::new(
                 &format!("replica-{id}-verify"),
                 options.verify_threads,
                 256,
-                move |jobs| conn::verify_jobs(jobs, &protocol, &auth, &core_tx, &metrics),
+                move |jobs| conn::verify_jobs(jobs, &protocol, &auth, &cache, &core_tx, &metrics),
             )
         };
         let limits = Limits {
