@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::types::{ReplicaId, View};
+use crate::types::{ReplicaId, Seq, View};
 
 /// Which faults the cluster tolerates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -228,6 +228,12 @@ impl Config {
     /// `reply_quorum + read_quorum > n + f`: the two intersect in a correct replica.
     pub fn read_quorum(&self) -> usize {
         self.quorum()
+    }
+
+    /// The highest sequence number accepted above a stable checkpoint at `low` (PBFT's high
+    /// watermark). Saturates: a certificate for a checkpoint near `u64::MAX` must not overflow.
+    pub fn window_top(&self, low: Seq) -> Seq {
+        low.saturating_add(self.watermark_window)
     }
 
     /// The leader of view `view`.

@@ -427,7 +427,7 @@ pub fn check_view_change(
         let b = &p.pre_prepare.body;
         if b.view >= vc.new_view
             || b.seq <= low
-            || b.seq > low + config.watermark_window
+            || b.seq > config.window_top(low)
             || !seqs.insert(b.seq)
         {
             return Err(Reject::BadCertificate.into());

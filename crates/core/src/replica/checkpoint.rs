@@ -51,7 +51,7 @@ impl Replica {
             // Old news; harmless (retransmissions).
             return;
         }
-        if seq > self.stable.seq + self.cfg.watermark_window {
+        if seq > self.cfg.window_top(self.stable.seq) {
             // Beyond what we track: remember only the sender's highest claim (bounded), and
             // fetch once f+1 replicas (at least one correct) are that far ahead.
             let e = self.ahead_checkpoints.entry(c.from).or_insert(0);

@@ -25,7 +25,7 @@ enum Admit {
 impl Replica {
     /// The accepted sequence-number window (h, h+L] (PBFT 4.2 watermarks).
     pub(crate) fn in_window(&self, seq: Seq) -> bool {
-        seq > self.stable.seq && seq <= self.stable.seq + self.cfg.watermark_window
+        seq > self.stable.seq && seq <= self.cfg.window_top(self.stable.seq)
     }
 
     /// PBFT 4.2: normal-case messages are accepted only in the replica's view, while it is not
@@ -64,7 +64,7 @@ impl Replica {
         if self.status != Status::Normal || !self.is_leader() || !self.may_vote() {
             return;
         }
-        let window_top = self.stable.seq + self.cfg.watermark_window;
+        let window_top = self.cfg.window_top(self.stable.seq);
         while !self.queue.is_empty()
             && self.next_seq <= window_top
             && (self.next_seq - 1).saturating_sub(self.last_executed)

@@ -833,3 +833,54 @@ fn a_late_stable_checkpoint_keeps_the_slots_above_it() {
         );
     }
 }
+
+/// Found by the `verify_message` fuzz target: a view change whose certificates sit at the top
+/// of the sequence-number space must be rejected, not overflow.
+#[test]
+fn view_change_at_the_end_of_sequence_numbers_is_rejected_without_overflow() {
+    use crate::message::{Checkpoint, CheckpointCert, PreparedCert, ViewChange};
+    let cfg = Config::for_replicas(4, FaultModel::Byzantine);
+    let low = u64::MAX - 63;
+    assert_eq!(low % cfg.checkpoint_interval, 0);
+    let digest = crate::types::Digest::default();
+    let proof = (0..3)
+        .map(|from| {
+            let body = Checkpoint {
+                seq: low,
+                state_digest: digest,
+            };
+            let sig = SimAuth::new(Principal::Replica(from), SEED).sign(&body.signing_bytes());
+            Signed { from, body, sig }
+        })
+        .collect();
+    let pp = PrePrepare {
+        view: 0,
+        seq: u64::MAX,
+        batch_digest: batch_digest(&[]),
+        batch: vec![],
+    };
+    let body = ViewChange {
+        new_view: 1,
+        checkpoint: CheckpointCert {
+            seq: low,
+            state_digest: digest,
+            proof,
+        },
+        prepared: vec![PreparedCert {
+            pre_prepare: Signed {
+                from: 0,
+                sig: SimAuth::new(Principal::Replica(0), SEED).sign(&pp.signing_bytes()),
+                body: pp,
+            },
+            prepares: vec![],
+        }],
+    };
+    let signer = SimAuth::new(Principal::Replica(1), SEED);
+    let msg = Message::ViewChange(Signed {
+        from: 1,
+        sig: signer.sign(&body.signing_bytes()),
+        body,
+    });
+    assert!(verify_message(&cfg, &signer, &msg).is_err());
+    assert_eq!(cfg.window_top(low), u64::MAX);
+}

@@ -38,7 +38,7 @@ pub fn compute_new_view(
     for vc in view_changes {
         for cert in &vc.body.prepared {
             let b = &cert.pre_prepare.body;
-            if b.seq <= low || b.seq > low + config.watermark_window {
+            if b.seq <= low || b.seq > config.window_top(low) {
                 continue;
             }
             let better = match best.get(&b.seq) {
@@ -85,7 +85,7 @@ impl Replica {
         self.stats.view_changes_started += 1;
         self.queue.clear();
         let low = self.stable.seq;
-        let top = low + self.cfg.watermark_window;
+        let top = self.cfg.window_top(low);
         let prepared: Vec<PreparedCert> = self
             .slots
             .range(low + 1..=top)
