@@ -66,13 +66,16 @@ impl Children {
         }
     }
 
-    /// SIGTERM everyone, wait up to `grace`, then SIGKILL.
+    /// SIGTERM every replica still running, wait up to `grace`, then SIGKILL; reaps them all.
+    /// Only children not yet reaped are signalled (a reaped PID may belong to someone else).
     fn stop(&self, grace: Duration) {
         let Ok(mut procs) = self.procs.lock() else {
             return;
         };
-        for (_, child, _) in procs.iter() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        for (_, child, _) in procs.iter_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            }
         }
         let deadline = Instant::now() + grace;
         for (_, child, _) in procs.iter_mut() {
@@ -84,6 +87,7 @@ impl Children {
             }
             let _ = child.wait();
         }
+        procs.clear();
     }
 }
 

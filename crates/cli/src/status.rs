@@ -89,7 +89,7 @@ pub fn run(args: StatusArgs) -> Result<bool, String> {
                     s.status,
                     s.last_executed,
                     s.stable_checkpoint,
-                    format!("{}/{}", s.peers_connected, s.n - 1)
+                    format!("{}/{}", s.peers_connected, s.n.saturating_sub(1))
                 ),
                 Err(e) => println!("{:<8} {:<22} no ({e})", entry.id, entry.address),
             }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use redis::Commands;
-use shieldwall_core::message::{Checkpoint, Signable, Signed, Vote};
+use shieldwall_core::message::{Signed, Vote};
 use shieldwall_core::{Authenticator, Digest, Message, Principal, Request, SignedRequest};
 use shieldwall_crypto::{client_id, KeyPair, NodeAuth};
 use shieldwall_kv::KvReply;
@@ -287,20 +287,18 @@ fn a_fake_replica_cannot_disturb_the_cluster() {
                     body: vote,
                     sig: auth.sign(&bytes),
                 });
-                let checkpoint = Checkpoint {
-                    seq: 64 * 1000,
-                    state_digest: Digest([9; 32]),
-                };
-                let valid = Message::Checkpoint(Signed {
+                // A validly signed vote, replayed: counted once, then rejected as a duplicate
+                // (or as out of window once the cluster's checkpoints moved past it).
+                let replayed = Message::Commit(Signed {
                     from: 3,
-                    body: checkpoint,
-                    sig: auth.sign(&checkpoint.signing_bytes()),
+                    body: vote,
+                    sig: auth.sign(&bytes),
                 });
                 for m in [forged, impersonation] {
                     conn.send(&Frame::Peer(m)).await.unwrap();
                 }
                 for _ in 0..50 {
-                    conn.send(&Frame::Peer(valid.clone())).await.unwrap();
+                    conn.send(&Frame::Peer(replayed.clone())).await.unwrap();
                 }
                 // A frame of a kind peers never send.
                 conn.send(&Frame::Request(SignedRequest {
@@ -317,6 +315,14 @@ fn a_fake_replica_cannot_disturb_the_cluster() {
                 assert!(conn.closed_within(Duration::from_secs(5)).await);
             }
         }
+        // A peer has one inbound connection: a newer one closes the older.
+        let mut older = RawConn::connect(&cluster, 0, me, keys3.clone())
+            .await
+            .unwrap();
+        let _newer = RawConn::connect(&cluster, 0, me, keys3.clone())
+            .await
+            .unwrap();
+        assert!(older.closed_within(Duration::from_secs(5)).await);
         // Unauthenticated garbage on a fresh connection.
         for target in 0..3 {
             let mut s = tokio::net::TcpStream::connect(&cluster.replicas[target].address)
@@ -406,9 +412,32 @@ fn client_authentication_and_exactly_once() {
         .unwrap_err();
         assert!(err.contains("not in the cluster file"), "{err}");
 
+        // A client key may hold a few connections to a replica, not all of its slots.
+        let mut many = Vec::new();
+        for _ in 0..8 {
+            many.push(
+                RawConn::connect(&cluster, 0, me, good.clone())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let err = RawConn::connect(&cluster, 0, me, good.clone())
+            .await
+            .unwrap_err();
+        assert!(err.contains("already has 8 connections"), "{err}");
+        drop(many);
         let auth = NodeAuth::new(me, good.clone(), cluster.keyring());
         let mut conns = Vec::new();
-        for r in 0..4 {
+        // The replica notices the closed connections shortly: wait until it accepts again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match RawConn::connect(&cluster, 0, me, good.clone()).await {
+                Ok(c) => break conns.push(c),
+                Err(e) => assert!(Instant::now() < deadline, "never accepted again: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for r in 1..4 {
             conns.push(
                 RawConn::connect(&cluster, r, me, good.clone())
                     .await

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use shieldwall_core::{Authenticator, Principal, ReplicaId, Request, SignedRequest};
 use shieldwall_crypto::{client_id, KeyPair, NodeAuth, CLIENT_LANES};
-use shieldwall_wire::{decode_reply, Frame};
+use shieldwall_wire::{decode_reply, Frame, Role};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -354,6 +354,8 @@ impl Client {
         let (client, seq) = tokio::time::timeout_at(deadline, inner.take_slot())
             .await
             .map_err(|_| ClientError::Timeout(timeout))?;
+        // Frees the slot however this future ends, completed or dropped by its caller.
+        let _slot = SlotGuard { inner, client, seq };
         let frame = inner.frame(client, seq, read_only, &op);
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
@@ -376,12 +378,24 @@ impl Client {
             let _ = link.try_send(frame.clone());
         }
         let result = tokio::time::timeout_at(deadline, rx).await;
-        inner.finish(client, seq);
         match result {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err(_)) => Err(ClientError::Closed),
             Err(_) => Err(ClientError::Timeout(timeout)),
         }
+    }
+}
+
+/// A taken lane slot; returns it (and forgets the request) when dropped.
+struct SlotGuard<'a> {
+    inner: &'a Inner,
+    client: u64,
+    seq: u64,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.finish(self.client, self.seq);
     }
 }
 
@@ -589,6 +603,7 @@ async fn link(
                 cluster,
                 me: inner.auth.me(),
                 auth: &inner.auth,
+                role: Role::Dialer,
             };
             let expect = Principal::Replica(i);
             handshake(&mut reader, &mut w, &hs, |p| {

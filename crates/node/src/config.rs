@@ -77,38 +77,51 @@ pub struct ClusterConfig {
     pub dir: PathBuf,
 }
 
-/// Protocol settings a cluster file may override (`n` and `f` follow from the replicas and
-/// the fault model).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProtocolOverrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    batch_requests_max: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    batch_bytes_max: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_bytes_max: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pipeline_window: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    watermark_window: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    checkpoint_interval: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_timeout_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    view_change_timeout_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    view_change_timeout_max_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fetch_timeout_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client_pending_max: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pending_max: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fetch_batches_max: Option<u32>,
+/// Declares [`ProtocolOverrides`] and its conversions from one list of fields, so a new
+/// protocol setting is added in one place.
+macro_rules! protocol_overrides {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        /// Protocol settings a cluster file may override (`n` and `f` follow from the replicas
+        /// and the fault model).
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct ProtocolOverrides {
+            $(
+                #[serde(skip_serializing_if = "Option::is_none")]
+                $field: Option<$ty>,
+            )*
+        }
+
+        impl ProtocolOverrides {
+            /// Set the overridden fields of `c`.
+            pub fn apply(&self, c: &mut Config) {
+                $( if let Some(v) = self.$field { c.$field = v; } )*
+            }
+
+            /// The overrides that turn `Config::for_replicas(n, model)` into `c`.
+            fn diff(c: &Config) -> ProtocolOverrides {
+                let d = Config::for_replicas(c.n, c.fault_model);
+                ProtocolOverrides { $( $field: (c.$field != d.$field).then_some(c.$field), )* }
+            }
+        }
+    };
 }
+
+protocol_overrides!(
+    batch_requests_max: u32,
+    batch_bytes_max: u32,
+    request_bytes_max: u32,
+    pipeline_window: u32,
+    watermark_window: u64,
+    checkpoint_interval: u64,
+    request_timeout_ms: u64,
+    view_change_timeout_ms: u64,
+    view_change_timeout_max_ms: u64,
+    fetch_timeout_ms: u64,
+    client_pending_max: u32,
+    pending_max: u32,
+    fetch_batches_max: u32,
+);
 
 impl ProtocolOverrides {
     /// Parse `name=value` settings (the `[protocol]` table's names and types).
@@ -121,51 +134,6 @@ impl ProtocolOverrides {
             table.push_str(&format!("{} = {}\n", k.trim(), v.trim()));
         }
         toml::from_str(&table).map_err(|e| e.to_string())
-    }
-
-    /// Set the overridden fields of `c`.
-    pub fn apply(&self, c: &mut Config) {
-        macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
-        }
-        set!(
-            batch_requests_max,
-            batch_bytes_max,
-            request_bytes_max,
-            pipeline_window,
-            watermark_window,
-            checkpoint_interval,
-            request_timeout_ms,
-            view_change_timeout_ms,
-            view_change_timeout_max_ms,
-            fetch_timeout_ms,
-            client_pending_max,
-            pending_max,
-            fetch_batches_max
-        );
-    }
-
-    /// The overrides that turn `Config::for_replicas(n, model)` into `c`.
-    fn diff(c: &Config) -> ProtocolOverrides {
-        let d = Config::for_replicas(c.n, c.fault_model);
-        macro_rules! diff {
-            ($($f:ident),*) => { ProtocolOverrides { $( $f: (c.$f != d.$f).then_some(c.$f), )* } };
-        }
-        diff!(
-            batch_requests_max,
-            batch_bytes_max,
-            request_bytes_max,
-            pipeline_window,
-            watermark_window,
-            checkpoint_interval,
-            request_timeout_ms,
-            view_change_timeout_ms,
-            view_change_timeout_max_ms,
-            fetch_timeout_ms,
-            client_pending_max,
-            pending_max,
-            fetch_batches_max
-        )
     }
 }
 

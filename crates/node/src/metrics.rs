@@ -21,8 +21,8 @@ pub struct Metrics {
     pub executed_requests: Counter,
     /// Client requests received (before verification).
     pub requests_received: Counter,
-    /// Replies sent to clients.
-    pub replies_sent: Counter,
+    /// Replies queued for clients (dropped ones are counted in `dropped`).
+    pub replies_queued: Counter,
     /// View changes this replica started.
     pub view_changes: Counter,
     /// Current view.
@@ -45,6 +45,8 @@ pub struct Metrics {
     pub execute_queue: Gauge,
     /// Frames queued for each peer.
     pub peer_queue: Family<Labels, Gauge>,
+    /// Bytes queued for each peer.
+    pub peer_queue_bytes: Family<Labels, Gauge>,
     /// Whether the outbound link to each peer is up.
     pub peer_connected: Family<Labels, Gauge>,
     /// Open client connections.
@@ -76,7 +78,7 @@ impl Metrics {
             committed_batches: Counter::default(),
             executed_requests: Counter::default(),
             requests_received: Counter::default(),
-            replies_sent: Counter::default(),
+            replies_queued: Counter::default(),
             view_changes: Counter::default(),
             view: Gauge::default(),
             leader: Gauge::default(),
@@ -88,6 +90,7 @@ impl Metrics {
             core_queue: Gauge::default(),
             execute_queue: Gauge::default(),
             peer_queue: Family::default(),
+            peer_queue_bytes: Family::default(),
             peer_connected: Family::default(),
             client_connections: Gauge::default(),
             rejected: Family::default(),
@@ -118,9 +121,9 @@ impl Metrics {
             m.requests_received.clone(),
         );
         r.register(
-            "replies_sent",
-            "Replies sent to clients",
-            m.replies_sent.clone(),
+            "replies_queued",
+            "Replies queued for clients",
+            m.replies_queued.clone(),
         );
         r.register(
             "view_changes_started",
@@ -168,6 +171,11 @@ impl Metrics {
             "peer_queue",
             "Frames queued for a peer",
             m.peer_queue.clone(),
+        );
+        r.register(
+            "peer_queue_bytes",
+            "Bytes queued for a peer",
+            m.peer_queue_bytes.clone(),
         );
         r.register(
             "peer_connected",

@@ -15,12 +15,14 @@
 //! decode completely with no trailing bytes. Every failure is a typed [`WireError`]; after one,
 //! the connection is closed (framing can no longer be trusted).
 //!
-//! A connection starts with a handshake in both directions: each side sends [`Frame::Hello`]
-//! with a fresh random nonce, then [`Frame::Proof`]: its signature over
-//! [`handshake_signing_bytes`] (the cluster, both principals and the *other* side's nonce), so a
-//! proof cannot be replayed on another connection, and finally [`Frame::Accepted`] once it has
-//! checked the other side's proof. A side that refuses the handshake sends [`Frame::Refused`]
-//! with the reason instead and closes; each side knows the outcome when its handshake ends.
+//! A connection starts with a handshake. Both sides send [`Frame::Hello`] (cluster, claimed
+//! principal, a fresh random nonce). The side that dialled then sends [`Frame::Proof`]: its
+//! signature over [`handshake_signing_bytes`], which binds the cluster, both principals, both
+//! nonces and the prover's [`Role`]. The accepting side checks it and only then sends its own
+//! proof (so it never signs anything for an unproven dialer: a relay between two replicas gets
+//! nothing to forward); the dialer checks that and answers [`Frame::Accepted`]. A side that
+//! refuses sends [`Frame::Refused`] with the reason instead and closes; each side knows the
+//! outcome when its handshake ends.
 
 #![forbid(unsafe_code)]
 
@@ -313,17 +315,30 @@ pub fn encode_reply(reply: &shieldwall_core::Reply) -> Vec<u8> {
     message::encode(reply)
 }
 
-/// The bytes a side signs to prove it is `prover` to `verifier`, who sent `verifier_nonce`.
+/// Which side of a connection a handshake proof comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The side that opened the connection.
+    Dialer,
+    /// The side that accepted it.
+    Acceptor,
+}
+
+/// What the connection's `prover` side signs: the cluster, both principals in their roles and
+/// both nonces.
 pub fn handshake_signing_bytes(
     cluster: &[u8; 32],
-    prover: Principal,
-    verifier: Principal,
-    verifier_nonce: &[u8; 32],
+    prover: Role,
+    dialer: Principal,
+    acceptor: Principal,
+    dialer_nonce: &[u8; 32],
+    acceptor_nonce: &[u8; 32],
 ) -> Vec<u8> {
-    let mut out = b"shieldwall handshake v1\0".to_vec();
+    let mut out = b"shieldwall handshake v2\0".to_vec();
     out.extend_from_slice(cluster);
-    out.extend_from_slice(&message::encode(&(prover, verifier)));
-    out.extend_from_slice(verifier_nonce);
+    out.extend_from_slice(&message::encode(&(prover, dialer, acceptor)));
+    out.extend_from_slice(dialer_nonce);
+    out.extend_from_slice(acceptor_nonce);
     out
 }
 

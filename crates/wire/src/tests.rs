@@ -206,23 +206,18 @@ fn header_errors_are_typed() {
 
 #[test]
 fn handshake_bytes_bind_everything() {
-    let c = [1; 32];
-    let n = [2; 32];
-    let base = handshake_signing_bytes(&c, Principal::Replica(0), Principal::Replica(1), &n);
-    assert_ne!(
-        base,
-        handshake_signing_bytes(&[9; 32], Principal::Replica(0), Principal::Replica(1), &n)
-    );
-    assert_ne!(
-        base,
-        handshake_signing_bytes(&c, Principal::Replica(1), Principal::Replica(0), &n)
-    );
-    assert_ne!(
-        base,
-        handshake_signing_bytes(&c, Principal::Replica(0), Principal::Client(1), &n)
-    );
-    assert_ne!(
-        base,
-        handshake_signing_bytes(&c, Principal::Replica(0), Principal::Replica(1), &[3; 32])
-    );
+    let (c, n1, n2) = ([1; 32], [2; 32], [3; 32]);
+    let (a, b) = (Principal::Replica(0), Principal::Replica(1));
+    let base = handshake_signing_bytes(&c, Role::Dialer, a, b, &n1, &n2);
+    let variants = [
+        handshake_signing_bytes(&[9; 32], Role::Dialer, a, b, &n1, &n2),
+        handshake_signing_bytes(&c, Role::Acceptor, a, b, &n1, &n2),
+        handshake_signing_bytes(&c, Role::Dialer, b, a, &n1, &n2),
+        handshake_signing_bytes(&c, Role::Dialer, a, Principal::Client(1), &n1, &n2),
+        handshake_signing_bytes(&c, Role::Dialer, a, b, &n2, &n1),
+        handshake_signing_bytes(&c, Role::Dialer, a, b, &n1, &[4; 32]),
+    ];
+    for v in variants {
+        assert_ne!(base, v);
+    }
 }

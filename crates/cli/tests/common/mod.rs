@@ -14,7 +14,7 @@ use shieldwall_core::Principal;
 use shieldwall_crypto::{client_id, KeyPair, NodeAuth};
 use shieldwall_kv::{KvOp, KvReply, SetCondition};
 use shieldwall_node::{Client, ClientOptions, ClusterConfig, ReplicaStatus};
-use shieldwall_wire::{handshake_signing_bytes, Decoder, Frame, Hello, Proof};
+use shieldwall_wire::{handshake_signing_bytes, Decoder, Frame, Hello, Proof, Role};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -334,35 +334,34 @@ impl RawConn {
             Frame::Hello(h) => h.nonce,
             other => return Err(format!("expected hello, got {other:?}")),
         };
-        let sig = shieldwall_core::Authenticator::sign(
-            &auth,
-            &handshake_signing_bytes(
-                &cluster.cluster_id,
-                me,
-                Principal::Replica(replica),
-                &peer_nonce,
-            ),
-        );
+        // We dialled: we prove ourselves first, then check the replica's proof.
+        let acceptor = Principal::Replica(replica);
+        let bytes = |role| {
+            handshake_signing_bytes(&cluster.cluster_id, role, me, acceptor, &nonce, &peer_nonce)
+        };
+        let sig = shieldwall_core::Authenticator::sign(&auth, &bytes(Role::Dialer));
         conn.send(&Frame::Proof(Proof { sig })).await?;
         match conn
             .next()
             .await
             .map_err(|e| format!("reading proof: {e}"))?
         {
-            Frame::Proof(_) => {}
+            Frame::Proof(p) => {
+                let ok = shieldwall_core::Authenticator::verify(
+                    &auth,
+                    acceptor,
+                    &bytes(Role::Acceptor),
+                    &p.sig,
+                );
+                if !ok {
+                    return Err("the replica's proof does not verify".into());
+                }
+            }
             Frame::Refused(r) => return Err(format!("refused: {}", r.reason)),
             other => return Err(format!("expected proof, got {other:?}")),
         }
         conn.send(&Frame::Accepted).await?;
-        match conn
-            .next()
-            .await
-            .map_err(|e| format!("reading acceptance: {e}"))?
-        {
-            Frame::Accepted => Ok(conn),
-            Frame::Refused(r) => Err(format!("refused: {}", r.reason)),
-            other => Err(format!("expected acceptance, got {other:?}")),
-        }
+        Ok(conn)
     }
 
     pub async fn send(&mut self, frame: &Frame) -> Result<(), String> {

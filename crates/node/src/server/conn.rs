@@ -4,12 +4,15 @@
 //!
 //! Bounds: a peer or client key may hold at most its byte budget of received, not yet handled
 //! frames (a semaphore per principal, shared by all its connections; the permit travels with
-//! the message through verification and the core). Once it is spent, its connections are not
-//! read until the core catches up: a flooding principal slows down only itself. Outbound
-//! queues are bounded per peer and per client connection; when one is full the frame is
-//! dropped and counted, and the core never waits.
+//! the message through verification and the core, and a frame is admitted before its body is
+//! buffered). Once it is spent, its connections are not read until the core catches up: a
+//! flooding principal slows down only itself. A peer has one inbound connection (a newer one
+//! replaces it), a client key a few; handshakes are limited per source address and must start
+//! within a second. Outbound queues are bounded in frames and bytes per peer and per client
+//! connection; when one is full the frame is dropped and counted, and the core never waits.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,10 +22,10 @@ use crossbeam_channel::Sender;
 use shieldwall_core::verify::{verify_message, verify_request, Reject};
 use shieldwall_core::{Authenticator, Config, Event, Message, Principal, Reply, SignedRequest};
 use shieldwall_crypto::{client_key_index, NodeAuth, Recorder, VerifiedCache};
-use shieldwall_wire::{encode_reply, Frame, MacedReply};
+use shieldwall_wire::{encode_reply, Frame, MacedReply, Role};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
 
 use super::core::CoreInput;
 use crate::metrics::Metrics;
@@ -127,10 +130,93 @@ fn reject_message(
     }
 }
 
+/// A bounded outbound queue. It holds at most `frames` frames and `bytes_max` bytes; a frame
+/// that does not fit is refused (the caller counts the drop), so the core never waits on it.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::Sender<Bytes>,
+    bytes: Arc<AtomicUsize>,
+    bytes_max: usize,
+}
+
+/// The receiving end of an [`Outbox`], for its writer.
+#[derive(Debug)]
+pub(crate) struct OutboxReceiver {
+    rx: mpsc::Receiver<Bytes>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    fn new(frames: usize, bytes_max: usize) -> (Outbox, OutboxReceiver) {
+        let (tx, rx) = mpsc::channel(frames.max(1));
+        let bytes = Arc::new(AtomicUsize::new(0));
+        (
+            Outbox {
+                tx,
+                bytes: bytes.clone(),
+                bytes_max,
+            },
+            OutboxReceiver { rx, bytes },
+        )
+    }
+
+    /// Queue `frame`; `false` if it does not fit.
+    fn push(&self, frame: Bytes) -> bool {
+        let len = frame.len();
+        if self.bytes.fetch_add(len, Ordering::Relaxed) + len > self.bytes_max {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        if self.tx.try_send(frame).is_err() {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn queued_frames(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl OutboxReceiver {
+    /// Write queued frames into `w` until the queue closes or a write fails.
+    async fn write_into<W: tokio::io::AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        metrics: &Metrics,
+    ) -> Result<(), crate::net::NetError> {
+        let bytes = self.bytes.clone();
+        write_loop(w, &mut self.rx, |n| {
+            bytes.fetch_sub(n, Ordering::Relaxed);
+            metrics.bytes_out.inc_by(n as u64);
+        })
+        .await
+    }
+
+    /// Drop everything queued (the link went down: those frames are stale); returns how many.
+    fn clear(&mut self) -> usize {
+        let mut dropped = 0;
+        while let Ok(f) = self.rx.try_recv() {
+            self.bytes.fetch_sub(f.len(), Ordering::Relaxed);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    fn is_closed(&self) -> bool {
+        self.rx.is_closed()
+    }
+}
+
 /// The outbound queue and link state of one peer.
 #[derive(Debug)]
 struct PeerLink {
-    tx: mpsc::Sender<Bytes>,
+    out: Outbox,
     connected: Arc<AtomicBool>,
 }
 
@@ -146,7 +232,7 @@ impl PeerLinks {
     /// Queue `bytes` for `to`; a full queue drops them (counted).
     pub(crate) fn send(&self, to: u32, bytes: Bytes) {
         if let Some(Some(link)) = self.links.get(to as usize) {
-            if link.tx.try_send(bytes).is_err() {
+            if !link.out.push(bytes) {
                 self.metrics.drop_frame("peer");
             }
         }
@@ -178,7 +264,11 @@ impl PeerLinks {
                 self.metrics
                     .peer_queue
                     .get_or_create(&peer)
-                    .set((l.tx.max_capacity() - l.tx.capacity()) as i64);
+                    .set(l.out.queued_frames() as i64);
+                self.metrics
+                    .peer_queue_bytes
+                    .get_or_create(&peer)
+                    .set(l.out.queued_bytes() as i64);
                 self.metrics
                     .peer_connected
                     .get_or_create(&peer)
@@ -202,14 +292,20 @@ pub(crate) struct NetContext {
     pub handshakes: Arc<Semaphore>,
     pub limits: super::Limits,
     pub client_frame_bytes_max: usize,
+    /// Handshakes in progress by source address.
+    pub handshakes_by_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Each peer's current inbound connection: (connection id, its stop signal).
+    pub inbound_peers: Mutex<HashMap<u32, (u64, Arc<Notify>)>>,
+    pub next_conn: AtomicU64,
 }
 
 impl NetContext {
-    fn hs(&self) -> Handshake<'_> {
+    fn hs(&self, role: Role) -> Handshake<'_> {
         Handshake {
             cluster: self.cluster_id,
             me: Principal::Replica(self.me),
             auth: self.auth.as_ref(),
+            role,
         }
     }
 
@@ -224,21 +320,47 @@ impl NetContext {
                 if key >= self.client_budgets.len() as u64 {
                     return Err(format!("client key {key} is not in the cluster file"));
                 }
-                if self.router.connections() >= self.limits.client_connections_max {
-                    return Err("too many client connections".into());
-                }
                 Ok(())
+            }
+        }
+    }
+
+    /// Take a handshake slot for `ip`, unless it already holds its share.
+    fn ip_slot(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut by_ip = self.handshakes_by_ip.lock().ok()?;
+        let n = by_ip.entry(ip).or_insert(0);
+        if *n >= self.limits.handshakes_per_ip_max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            ctx: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// A handshake slot of one source address, returned when dropped.
+struct IpSlot {
+    ctx: Arc<NetContext>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut by_ip) = self.ctx.handshakes_by_ip.lock() {
+            if let Some(n) = by_ip.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    by_ip.remove(&self.ip);
+                }
             }
         }
     }
 }
 
 /// Start the outbound link to each peer.
-pub(crate) fn start_peer_links(
-    ctx: &Arc<NetContext>,
-    addresses: &[String],
-    queue_frames: usize,
-) -> PeerLinks {
+pub(crate) fn start_peer_links(ctx: &Arc<NetContext>, addresses: &[String]) -> PeerLinks {
     let links = addresses
         .iter()
         .enumerate()
@@ -246,7 +368,10 @@ pub(crate) fn start_peer_links(
             if j as u32 == ctx.me {
                 return None;
             }
-            let (tx, rx) = mpsc::channel(queue_frames);
+            let (out, rx) = Outbox::new(
+                ctx.limits.peer_queue_frames,
+                ctx.limits.peer_queue_bytes_max,
+            );
             let connected = Arc::new(AtomicBool::new(false));
             tokio::spawn(dial_peer(
                 ctx.clone(),
@@ -255,7 +380,7 @@ pub(crate) fn start_peer_links(
                 rx,
                 connected.clone(),
             ));
-            Some(PeerLink { tx, connected })
+            Some(PeerLink { out, connected })
         })
         .collect();
     PeerLinks {
@@ -265,12 +390,14 @@ pub(crate) fn start_peer_links(
     }
 }
 
-/// Keep a connection to peer `j` and write its queue into it; reconnect with backoff.
+/// Keep a connection to peer `j` and write its queue into it; reconnect with backoff. Frames
+/// queued while the link is down are dropped (counted): they are stale by the time it is up,
+/// and the protocol recovers lost messages.
 async fn dial_peer(
     ctx: Arc<NetContext>,
     j: u32,
     address: String,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: OutboxReceiver,
     connected: Arc<AtomicBool>,
 ) {
     let mut backoff = RECONNECT_MIN;
@@ -282,7 +409,7 @@ async fn dial_peer(
             let (r, mut w) = stream.into_split();
             let mut reader = FrameReader::new(r, HANDSHAKE_FRAME_BYTES);
             let expect = Principal::Replica(j);
-            handshake(&mut reader, &mut w, &ctx.hs(), |p| {
+            handshake(&mut reader, &mut w, &ctx.hs(Role::Dialer), |p| {
                 if p == expect {
                     Ok(())
                 } else {
@@ -301,12 +428,12 @@ async fn dial_peer(
                 // The peer never writes on this connection after the handshake; reading
                 // notices when it closes.
                 let mut reader = reader.into_inner();
-                let metrics = ctx.metrics.clone();
                 let result = tokio::select! {
-                    r = write_loop(&mut w, &mut rx, |n| {
-                        metrics.bytes_out.inc_by(n as u64);
-                    }) => r,
-                    _ = async { let mut b = [0u8; 64]; while tokio::io::AsyncReadExt::read(&mut reader, &mut b).await.is_ok_and(|n| n > 0) {} } => Ok(()),
+                    r = rx.write_into(&mut w, &ctx.metrics) => r,
+                    _ = async {
+                        let mut b = [0u8; 64];
+                        while tokio::io::AsyncReadExt::read(&mut reader, &mut b).await.is_ok_and(|n| n > 0) {}
+                    } => Ok(()),
                 };
                 connected.store(false, Ordering::Relaxed);
                 info!(
@@ -317,9 +444,6 @@ async fn dial_peer(
                         .map(|e| e.to_string())
                         .unwrap_or_else(|| "closed".into())
                 );
-                if rx.is_closed() {
-                    return;
-                }
             }
             Err(e) => {
                 if !announced_failure {
@@ -330,6 +454,12 @@ async fn dial_peer(
                     ctx.metrics.reject(e.as_str());
                 }
             }
+        }
+        if rx.is_closed() {
+            return;
+        }
+        for _ in 0..rx.clear() {
+            ctx.metrics.drop_frame("peer_link_down");
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RECONNECT_MAX);
@@ -342,10 +472,15 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<NetContext>) {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
-                debug!("accept failed: {e}");
+                // Typically out of file descriptors: an operator must see it.
+                warn!("accepting a connection failed: {e}");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
+        };
+        let Some(ip_slot) = ctx.ip_slot(addr.ip()) else {
+            ctx.metrics.reject("too_many_handshakes");
+            continue;
         };
         let Ok(slot) = ctx.handshakes.clone().try_acquire_owned() else {
             ctx.metrics.reject("too_many_handshakes");
@@ -356,8 +491,25 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<NetContext>) {
             let _ = stream.set_nodelay(true);
             let (r, mut w) = stream.into_split();
             let mut reader = FrameReader::new(r, HANDSHAKE_FRAME_BYTES);
-            let peer = handshake(&mut reader, &mut w, &ctx.hs(), |p| ctx.accept(p)).await;
-            drop(slot);
+            let hs = ctx.hs(Role::Acceptor);
+            // A client's connection slot is reserved when its claim is accepted, so that
+            // concurrent handshakes cannot all pass the limit; released if the handshake fails.
+            let reserved = AtomicU64::new(u64::MAX);
+            let peer = handshake(&mut reader, &mut w, &hs, |p| {
+                ctx.accept(p)?;
+                if let Principal::Client(c) = p {
+                    let key = client_key_index(c);
+                    ctx.router.reserve(key, &ctx.limits)?;
+                    reserved.store(key, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+            .await;
+            drop((slot, ip_slot));
+            let reserved = reserved.load(Ordering::Relaxed);
+            if peer.is_err() && reserved != u64::MAX {
+                ctx.router.release(reserved);
+            }
             match peer {
                 Ok(Principal::Replica(j)) => {
                     debug!(peer = j, %addr, "peer connected");
@@ -375,40 +527,69 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<NetContext>) {
     }
 }
 
-/// Read a peer's messages into the verify pool, within the peer's budget.
+/// Admission: wait until `budget` grants `len` bytes.
+fn admit(
+    budget: &Arc<Semaphore>,
+) -> impl FnOnce(
+    usize,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Option<OwnedSemaphorePermit>> + Send>,
+> {
+    let budget = budget.clone();
+    move |len| Box::pin(async move { budget.acquire_many_owned(len as u32).await.ok() })
+}
+
+/// Read a peer's messages into the verify pool, within the peer's budget. A peer has one
+/// inbound connection: a newer one replaces this one.
 async fn peer_inbound(
     ctx: Arc<NetContext>,
     j: u32,
     mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
 ) {
+    let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let stop = Arc::new(Notify::new());
+    if let Ok(mut inbound) = ctx.inbound_peers.lock() {
+        if let Some((_, old)) = inbound.insert(j, (conn, stop.clone())) {
+            old.notify_one();
+        }
+    }
     reader.set_max_frame_bytes(ctx.limits.peer_frame_bytes_max);
-    let budget = ctx.peer_budgets[j as usize].clone();
+    let budget = &ctx.peer_budgets[j as usize];
     loop {
-        match reader.next().await {
-            Ok(Some((Frame::Peer(msg), size))) => {
+        let next = tokio::select! {
+            _ = stop.notified() => {
+                debug!(peer = j, "inbound connection replaced by a newer one");
+                break;
+            }
+            next = reader.next_admitted(admit(budget)) => next,
+        };
+        match next {
+            Ok(Some((Frame::Peer(msg), size, permit))) => {
                 ctx.metrics.bytes_in.inc_by(size as u64);
-                let Ok(permit) = budget.clone().acquire_many_owned(size as u32).await else {
-                    return;
-                };
                 if ctx
                     .verify
                     .submit(VerifyJob::Message { msg, permit })
                     .is_err()
                 {
-                    return;
+                    break;
                 }
             }
-            Ok(Some((f, _))) => {
+            Ok(Some((f, _, _))) => {
                 debug!(peer = j, "unexpected {} frame from a peer", f.name());
                 ctx.metrics.reject("unexpected_frame");
-                return;
+                break;
             }
-            Ok(None) => return,
+            Ok(None) => break,
             Err(e) => {
                 debug!(peer = j, "closing connection: {e}");
                 ctx.metrics.reject(e.as_str());
-                return;
+                break;
             }
+        }
+    }
+    if let Ok(mut inbound) = ctx.inbound_peers.lock() {
+        if inbound.get(&j).is_some_and(|(c, _)| *c == conn) {
+            inbound.remove(&j);
         }
     }
 }
@@ -420,21 +601,21 @@ async fn client_connection(
     mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
     mut w: tokio::net::tcp::OwnedWriteHalf,
 ) {
-    let (tx, mut rx) = mpsc::channel(ctx.limits.client_queue_frames);
-    let conn = ctx.router.register(key, tx);
+    let (out, mut rx) = Outbox::new(
+        ctx.limits.client_queue_frames,
+        ctx.limits.client_queue_bytes_max,
+    );
+    let conn = ctx.router.register(key, out);
     ctx.metrics.client_connections.inc();
     let metrics = ctx.metrics.clone();
     let writer = tokio::spawn(async move {
-        let _ = write_loop(&mut w, &mut rx, |n| {
-            metrics.bytes_out.inc_by(n as u64);
-        })
-        .await;
+        let _ = rx.write_into(&mut w, &metrics).await;
     });
     reader.set_max_frame_bytes(ctx.client_frame_bytes_max);
-    let budget = ctx.client_budgets[key as usize].clone();
+    let budget = &ctx.client_budgets[key as usize];
     loop {
-        match reader.next().await {
-            Ok(Some((Frame::Request(req), size))) => {
+        match reader.next_admitted(admit(budget)).await {
+            Ok(Some((Frame::Request(req), size, permit))) => {
                 ctx.metrics.bytes_in.inc_by(size as u64);
                 ctx.metrics.requests_received.inc();
                 if client_key_index(req.request.client) != key {
@@ -442,9 +623,6 @@ async fn client_connection(
                     ctx.metrics.reject("wrong_client");
                     continue;
                 }
-                let Ok(permit) = budget.clone().acquire_many_owned(size as u32).await else {
-                    break;
-                };
                 if ctx
                     .verify
                     .submit(VerifyJob::Request { req, permit })
@@ -453,7 +631,7 @@ async fn client_connection(
                     break;
                 }
             }
-            Ok(Some((f, _))) => {
+            Ok(Some((f, _, _))) => {
                 debug!(key, "unexpected {} frame from a client", f.name());
                 ctx.metrics.reject("unexpected_frame");
                 break;
@@ -471,14 +649,22 @@ async fn client_connection(
     writer.abort();
 }
 
+#[derive(Debug, Default)]
+struct Routes {
+    /// Each client key's latest connection: (connection id, its reply queue).
+    latest: HashMap<u64, (u64, Outbox)>,
+    /// Open connections per client key.
+    per_key: HashMap<u64, usize>,
+    total: usize,
+}
+
 /// Where each client key's replies go: its most recent connection.
 #[derive(Debug)]
 pub(crate) struct ClientRouter {
     auth: Arc<NodeAuth>,
     metrics: Arc<Metrics>,
-    routes: Mutex<HashMap<u64, (u64, mpsc::Sender<Bytes>)>>,
+    routes: Mutex<Routes>,
     next_conn: AtomicU64,
-    open: AtomicUsize,
 }
 
 impl ClientRouter {
@@ -486,32 +672,61 @@ impl ClientRouter {
         ClientRouter {
             auth,
             metrics,
-            routes: Mutex::new(HashMap::new()),
+            routes: Mutex::new(Routes::default()),
             next_conn: AtomicU64::new(1),
-            open: AtomicUsize::new(0),
         }
     }
 
-    fn register(&self, key: u64, tx: mpsc::Sender<Bytes>) -> u64 {
-        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        self.open.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut routes) = self.routes.lock() {
-            routes.insert(key, (id, tx));
+    /// Take a connection slot for client key `key`, within the limits.
+    fn reserve(&self, key: u64, limits: &super::Limits) -> Result<(), String> {
+        let mut r = self
+            .routes
+            .lock()
+            .map_err(|_| "router unavailable".to_string())?;
+        if r.total >= limits.client_connections_max {
+            return Err("too many client connections".into());
         }
-        id
+        let of_key = r.per_key.get(&key).copied().unwrap_or(0);
+        if of_key >= limits.client_connections_per_key_max {
+            return Err(format!(
+                "client key {key} already has {of_key} connections to this replica"
+            ));
+        }
+        r.per_key.insert(key, of_key + 1);
+        r.total += 1;
+        Ok(())
     }
 
-    fn unregister(&self, key: u64, conn: u64) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        if let Ok(mut routes) = self.routes.lock() {
-            if routes.get(&key).is_some_and(|(id, _)| *id == conn) {
-                routes.remove(&key);
+    /// Give back a reserved slot.
+    fn release(&self, key: u64) {
+        if let Ok(mut r) = self.routes.lock() {
+            r.total = r.total.saturating_sub(1);
+            if let Some(n) = r.per_key.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    r.per_key.remove(&key);
+                }
             }
         }
     }
 
-    fn connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+    /// Route `key`'s replies to a new connection (its slot was reserved).
+    fn register(&self, key: u64, out: Outbox) -> u64 {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut r) = self.routes.lock() {
+            r.latest.insert(key, (id, out));
+        }
+        id
+    }
+
+    /// A connection closed: free its slot and its route.
+    fn unregister(&self, key: u64, conn: u64) {
+        self.release(key);
+        if let Ok(mut r) = self.routes.lock() {
+            if r.latest.get(&key).is_some_and(|(id, _)| *id == conn) {
+                r.latest.remove(&key);
+            }
+        }
     }
 
     /// MAC `reply` for its client and queue it on the client's connection; dropped (the client
@@ -519,19 +734,19 @@ impl ClientRouter {
     /// full.
     pub(crate) fn send(&self, reply: &Reply) {
         let key = client_key_index(reply.client);
-        let tx = match self.routes.lock() {
-            Ok(routes) => routes.get(&key).map(|(_, tx)| tx.clone()),
+        let out = match self.routes.lock() {
+            Ok(r) => r.latest.get(&key).map(|(_, out)| out.clone()),
             Err(_) => None,
         };
-        let Some(tx) = tx else {
+        let Some(out) = out else {
             self.metrics.drop_frame("reply_no_connection");
             return;
         };
         let bytes = encode_reply(reply);
         let mac = self.auth.mac(Principal::Client(reply.client), &bytes);
         let frame = Frame::Reply(MacedReply { reply: bytes, mac }).encode();
-        if tx.try_send(frame).is_ok() {
-            self.metrics.replies_sent.inc();
+        if out.push(frame) {
+            self.metrics.replies_queued.inc();
         } else {
             self.metrics.drop_frame("reply");
         }

@@ -7,6 +7,7 @@
 //! ordered batches, read-only requests and snapshot restores in the order the core emits them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -90,6 +91,9 @@ pub(crate) struct CoreThread {
     pub router: Arc<ClientRouter>,
     pub exec_tx: Sender<ExecJob>,
     pub read_tx: Sender<ReadJob>,
+    /// Operation bytes of the read-only requests queued for the service.
+    pub read_bytes: Arc<AtomicUsize>,
+    pub read_bytes_max: usize,
     pub metrics: Arc<Metrics>,
     pub status: Arc<StatusCell>,
 }
@@ -184,9 +188,15 @@ impl CoreThread {
                 });
             }
             Action::ExecuteReadOnly { request, view } => {
-                if self.read_tx.try_send(ReadJob { request, view }).is_err() {
+                let len = request.op.len();
+                let queued = self.read_bytes.load(Ordering::Relaxed);
+                if queued + len > self.read_bytes_max
+                    || self.read_tx.try_send(ReadJob { request, view }).is_err()
+                {
                     // The client falls back to an ordered request.
                     self.metrics.drop_frame("read_only");
+                } else {
+                    self.read_bytes.fetch_add(len, Ordering::Relaxed);
                 }
             }
             Action::Reply(reply) => {
@@ -243,11 +253,13 @@ impl CoreThread {
 /// Run the service: ordered batches (reported back to the core), read-only requests (answered
 /// directly) and restores. A restore that fails is fatal: the replica would otherwise run on a
 /// state it does not have.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_executor(
     id: u32,
     mut service: Box<dyn Service>,
     exec_rx: Receiver<ExecJob>,
     read_rx: Receiver<ReadJob>,
+    read_bytes: Arc<AtomicUsize>,
     core_tx: Sender<CoreInput>,
     router: Arc<ClientRouter>,
     fatal: Sender<String>,
@@ -261,7 +273,10 @@ pub(crate) fn run_executor(
                     recv(exec_rx) -> j => match j { Ok(j) => j, Err(_) => break },
                     recv(read_rx) -> r => {
                         match r {
-                            Ok(r) => read(id, service.as_ref(), r, &router),
+                            Ok(r) => {
+                                read_bytes.fetch_sub(r.request.op.len(), Ordering::Relaxed);
+                                read(id, service.as_ref(), r, &router)
+                            }
                             Err(_) => break,
                         }
                         continue;

@@ -8,7 +8,9 @@
 mod conn;
 mod core;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -40,16 +42,26 @@ pub struct Limits {
     pub peer_budget_bytes: usize,
     /// Frames queued for one peer before new ones are dropped.
     pub peer_queue_frames: usize,
+    /// Bytes queued for one peer before new frames are dropped.
+    pub peer_queue_bytes_max: usize,
     /// Received, not yet handled bytes per client key.
     pub client_budget_bytes: usize,
     /// Replies queued for one client connection before new ones are dropped.
     pub client_queue_frames: usize,
+    /// Bytes of replies queued for one client connection before new ones are dropped.
+    pub client_queue_bytes_max: usize,
     /// Open client connections.
     pub client_connections_max: usize,
+    /// Open connections of one client key (replies go to its latest one).
+    pub client_connections_per_key_max: usize,
     /// Connections in their handshake at once (the rest are closed at once).
     pub handshakes_max: usize,
+    /// Connections in their handshake at once from one source address.
+    pub handshakes_per_ip_max: usize,
     /// Read-only requests waiting for the service before new ones are dropped.
     pub read_queue_max: usize,
+    /// Bytes of read-only requests waiting for the service before new ones are dropped.
+    pub read_queue_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -58,11 +70,16 @@ impl Default for Limits {
             peer_frame_bytes_max: 64 << 20,
             peer_budget_bytes: 128 << 20,
             peer_queue_frames: 16_384,
+            peer_queue_bytes_max: 128 << 20,
             client_budget_bytes: 8 << 20,
             client_queue_frames: 8_192,
+            client_queue_bytes_max: 16 << 20,
             client_connections_max: 4_096,
+            client_connections_per_key_max: 8,
             handshakes_max: 256,
+            handshakes_per_ip_max: 32,
             read_queue_max: 65_536,
+            read_queue_bytes_max: 64 << 20,
         }
     }
 }
@@ -221,6 +238,28 @@ pub struct ReplicaServer {
     verify: Option<BatchPool<VerifyJob>>,
     status: Arc<StatusCell>,
     metrics: Arc<Metrics>,
+    stopping: Arc<AtomicBool>,
+}
+
+/// Reports a thread's end as fatal unless the replica is stopping.
+struct ExitGuard {
+    name: String,
+    fatal: Sender<String>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if !self.stopping.load(Ordering::Relaxed) {
+            let how = if std::thread::panicking() {
+                "panicked"
+            } else {
+                "stopped"
+            };
+            tracing::error!(thread = %self.name, "thread {how}");
+            let _ = self.fatal.send(format!("thread {} {how}", self.name));
+        }
+    }
 }
 
 impl std::fmt::Debug for ReplicaServer {
@@ -349,13 +388,16 @@ impl ReplicaServer {
                 })
                 .collect(),
             handshakes: Arc::new(Semaphore::new(limits.handshakes_max)),
+            handshakes_by_ip: Mutex::new(HashMap::new()),
+            inbound_peers: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
             limits: limits.clone(),
             client_frame_bytes_max,
         });
         let addresses: Vec<String> = cluster.replicas.iter().map(|r| r.address.clone()).collect();
         let links = {
             let _guard = runtime.enter();
-            Arc::new(start_peer_links(&ctx, &addresses, limits.peer_queue_frames))
+            Arc::new(start_peer_links(&ctx, &addresses))
         };
         runtime.spawn(accept_loop(listener, ctx.clone()));
         if let Some(l) = http_listener {
@@ -373,6 +415,7 @@ impl ReplicaServer {
             runtime.spawn(http::serve(l, observer));
         }
 
+        let read_bytes = Arc::new(AtomicUsize::new(0));
         let core = CoreThread {
             replica,
             clock,
@@ -381,13 +424,26 @@ impl ReplicaServer {
             router: router.clone(),
             exec_tx,
             read_tx,
+            read_bytes: read_bytes.clone(),
+            read_bytes_max: limits.read_queue_bytes_max,
             metrics: metrics.clone(),
             status: status.clone(),
         };
+        let stopping = Arc::new(AtomicBool::new(false));
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            // A thread that ends while the replica is not stopping (a panic, a closed channel)
+            // is fatal: report it rather than leave a replica that runs but never executes.
+            let guard = ExitGuard {
+                name: name.clone(),
+                fatal: fatal_tx.clone(),
+                stopping: stopping.clone(),
+            };
             std::thread::Builder::new()
                 .name(name)
-                .spawn(f)
+                .spawn(move || {
+                    let _guard = guard;
+                    f()
+                })
                 .map_err(|e| ServerError::Internal(format!("cannot start a thread: {e}")))
         };
         let mut threads = vec![spawn(
@@ -396,7 +452,12 @@ impl ReplicaServer {
         )?];
         let service_thread = {
             let core_tx = core_tx.clone();
-            move || run_executor(id, service, exec_rx, read_rx, core_tx, router, fatal_tx)
+            let fatal_tx = fatal_tx.clone();
+            move || {
+                run_executor(
+                    id, service, exec_rx, read_rx, read_bytes, core_tx, router, fatal_tx,
+                )
+            }
         };
         threads.push(spawn(
             format!("replica-{id}-service"),
@@ -423,6 +484,7 @@ impl ReplicaServer {
             verify: Some(verify),
             status,
             metrics,
+            stopping,
         })
     }
 
@@ -450,12 +512,18 @@ impl ReplicaServer {
     /// passes (`Ok`).
     pub fn wait(&self, timeout: Option<Duration>) -> Result<(), ServerError> {
         let got = match timeout {
-            Some(t) => self.fatal_rx.recv_timeout(t).ok(),
-            None => self.fatal_rx.recv().ok(),
+            Some(t) => self.fatal_rx.recv_timeout(t),
+            None => self
+                .fatal_rx
+                .recv()
+                .map_err(|_| crossbeam_channel::RecvTimeoutError::Disconnected),
         };
         match got {
-            Some(why) => Err(ServerError::Fatal(why)),
-            None => Ok(()),
+            Ok(why) => Err(ServerError::Fatal(why)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(()),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Err(ServerError::Fatal("the replica's threads stopped".into()))
+            }
         }
     }
 
@@ -465,6 +533,7 @@ impl ReplicaServer {
     }
 
     fn shutdown(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         let _ = self.core_tx.send(CoreInput::Shutdown);
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_secs(1));
