@@ -248,6 +248,16 @@ pub fn repair(config: &Config, m: &mut Message, how: Repair) {
                 repair_committed_batch(b, how);
             }
         }
+        Message::Forward(s) => {
+            if how.sign {
+                for r in &mut s.body.requests {
+                    r.auth = sim_sign(
+                        Principal::Client(r.request.client),
+                        &r.request.signing_bytes(),
+                    );
+                }
+            }
+        }
     }
     if how.sign {
         let sig = sign_replica(m.from(), &m.signing_bytes());
@@ -259,6 +269,7 @@ pub fn repair(config: &Config, m: &mut Message, how: Repair) {
             Message::NewView(s) => s.sig = sig,
             Message::Fetch(s) => s.sig = sig,
             Message::FetchReply(s) => s.sig = sig,
+            Message::Forward(s) => s.sig = sig,
         }
     }
 }

@@ -29,8 +29,9 @@ mod replica;
 pub use auth::{Authenticator, Ed25519Auth, SimAuth, VerifyItem};
 pub use config::{Config, ConfigError, FaultModel};
 pub use message::{
-    Checkpoint, CheckpointCert, CommittedBatch, Fetch, FetchReply, Message, NewView, PrePrepare,
-    PreparedCert, Reply, Request, Signed, SignedRequest, StateSnapshot, ViewChange, Vote,
+    Checkpoint, CheckpointCert, CommittedBatch, Fetch, FetchReply, Forward, Message, NewView,
+    PrePrepare, PreparedCert, Reply, Request, Signed, SignedRequest, StateSnapshot, ViewChange,
+    Vote,
 };
 pub use replica::{compute_new_view, Replica, Stats, Status};
 pub use types::{ClientId, Digest, Principal, ReplicaId, Seq, View};

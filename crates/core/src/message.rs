@@ -193,6 +193,18 @@ pub struct FetchReply {
     pub batches: Vec<CommittedBatch>,
 }
 
+/// Client requests a follower relays to the leader of `view` because the leader has not
+/// proposed them in time (PBFT 4.1: a backup relays a request to the primary before suspecting
+/// it). Each request carries its client's signature; the leader admits them like requests
+/// from their clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    /// The view whose leader the requests are for.
+    pub view: View,
+    /// The requests, within the batch limits.
+    pub requests: Vec<SignedRequest>,
+}
+
 /// A reply to a client (authenticated by the runtime with a MAC).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Reply {
@@ -284,6 +296,14 @@ impl Signable for Fetch {
     }
 }
 
+impl Signable for Forward {
+    fn signing_bytes(&self) -> Vec<u8> {
+        // The requests are authenticated by their clients; the relayer binds view and digests.
+        let digests: Vec<Digest> = self.requests.iter().map(|r| r.request.digest()).collect();
+        tagged("forward", &(self.view, digests))
+    }
+}
+
 impl Signable for FetchReply {
     fn signing_bytes(&self) -> Vec<u8> {
         // Replies are checked against the certificates they carry; the signature only binds
@@ -312,6 +332,8 @@ pub enum Message {
     Fetch(Signed<Fetch>),
     /// State-transfer reply.
     FetchReply(Signed<FetchReply>),
+    /// Client requests relayed to the leader.
+    Forward(Signed<Forward>),
 }
 
 impl Message {
@@ -325,6 +347,7 @@ impl Message {
             Message::NewView(m) => m.from,
             Message::Fetch(m) => m.from,
             Message::FetchReply(m) => m.from,
+            Message::Forward(m) => m.from,
         }
     }
 
@@ -339,6 +362,7 @@ impl Message {
             Message::NewView(_) => "new_view",
             Message::Fetch(_) => "fetch",
             Message::FetchReply(_) => "fetch_reply",
+            Message::Forward(_) => "forward",
         }
     }
 
@@ -353,6 +377,7 @@ impl Message {
             Message::NewView(m) => m.body.signing_bytes(),
             Message::Fetch(m) => m.body.signing_bytes(),
             Message::FetchReply(m) => m.body.signing_bytes(),
+            Message::Forward(m) => m.body.signing_bytes(),
         }
     }
 
@@ -366,6 +391,7 @@ impl Message {
             Message::NewView(m) => &m.sig,
             Message::Fetch(m) => &m.sig,
             Message::FetchReply(m) => &m.sig,
+            Message::Forward(m) => &m.sig,
         }
     }
 }

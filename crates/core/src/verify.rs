@@ -193,6 +193,7 @@ pub fn verify_message(
             }
             Ok(())
         }
+        Message::Forward(m) => Ok(check_requests(config, auth, &m.body.requests)?),
         Message::FetchReply(m) => {
             let r = &m.body;
             if let Some(s) = &r.snapshot {
@@ -225,15 +226,28 @@ pub fn check_batch(
     if batch_digest(&pp.batch) != pp.batch_digest {
         return Err(Reject::DigestMismatch);
     }
+    check_requests(config, auth, &pp.batch)
+}
+
+/// Limits, authenticators and distinctness of requests a replica proposes or relays: at most
+/// a batch's worth, none read-only (reads are never ordered as such; a client's fallback
+/// re-sends them as ordered), each signed by its client.
+pub fn check_requests(
+    config: &Config,
+    auth: &dyn Authenticator,
+    requests: &[SignedRequest],
+) -> Result<(), Reject> {
+    if requests.len() > config.batch_requests_max as usize {
+        return Err(Reject::TooLarge);
+    }
     let mut bytes = 0usize;
     let mut seen = BTreeSet::new();
-    for r in &pp.batch {
+    for r in requests {
         bytes += r.request.size();
         if r.request.op.len() > config.request_bytes_max as usize {
             return Err(Reject::TooLarge);
         }
         if r.request.read_only {
-            // Reads are never ordered as such; a client's fallback re-sends them as ordered.
             return Err(Reject::BadClientAuth);
         }
         if !seen.insert((r.request.client, r.request.req_seq)) {
@@ -243,9 +257,8 @@ pub fn check_batch(
     if bytes > config.batch_bytes_max as usize {
         return Err(Reject::TooLarge);
     }
-    let signed: Vec<Vec<u8>> = pp.batch.iter().map(|r| r.request.signing_bytes()).collect();
-    let items: Vec<VerifyItem<'_>> = pp
-        .batch
+    let signed: Vec<Vec<u8>> = requests.iter().map(|r| r.request.signing_bytes()).collect();
+    let items: Vec<VerifyItem<'_>> = requests
         .iter()
         .zip(&signed)
         .map(|(r, bytes)| VerifyItem {

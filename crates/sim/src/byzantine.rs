@@ -83,6 +83,7 @@ fn view_of(message: &Message) -> Option<u64> {
         Message::NewView(m) => m.body.view,
         Message::Fetch(m) => m.body.view,
         Message::FetchReply(m) => m.body.view,
+        Message::Forward(m) => m.body.view,
         Message::Checkpoint(_) => return None,
     })
 }
@@ -104,6 +105,7 @@ fn set_sig(message: &mut Message, sig: Vec<u8>) {
         Message::NewView(m) => m.sig = sig,
         Message::Fetch(m) => m.sig = sig,
         Message::FetchReply(m) => m.sig = sig,
+        Message::Forward(m) => m.sig = sig,
     }
 }
 
@@ -116,6 +118,7 @@ fn set_from(message: &mut Message, from: ReplicaId) {
         Message::NewView(m) => m.from = from,
         Message::Fetch(m) => m.from = from,
         Message::FetchReply(m) => m.from = from,
+        Message::Forward(m) => m.from = from,
     }
 }
 

@@ -25,6 +25,10 @@ pub enum ClientKind {
     ReusedSeq,
     /// Sends bursts of requests well past the pending bounds, some far ahead of its window.
     Flood,
+    /// Follows the protocol except that it never sends to the leader it believes in (the
+    /// leader of the highest view its replies reported), as a Byzantine client trying to make
+    /// the followers suspect an honest leader would. Its operations must still complete.
+    SkipLeader,
 }
 
 /// Timing and load of a client.
@@ -90,6 +94,8 @@ pub struct Client {
     next_issue_ms: u64,
     outstanding: BTreeMap<u64, Outstanding>,
     history: Vec<OpRecord>,
+    /// The highest view replies reported (a skip-leader client avoids its leader).
+    believed_view: u64,
     /// Replies that did not decode or did not match.
     pub bad_replies: u64,
 }
@@ -116,6 +122,7 @@ impl Client {
             next_issue_ms: 0,
             outstanding: BTreeMap::new(),
             history: Vec::new(),
+            believed_view: 0,
             bad_replies: 0,
         }
     }
@@ -127,7 +134,7 @@ impl Client {
 
     /// Whether the client follows the protocol.
     pub fn is_correct(&self) -> bool {
-        self.kind == ClientKind::Correct
+        matches!(self.kind, ClientKind::Correct | ClientKind::SkipLeader)
     }
 
     /// Whether every operation completed (correct clients) or every request went out.
@@ -163,7 +170,9 @@ impl Client {
     }
 
     fn send_all(&self, bytes: &[u8], submitted: Option<&Request>, out: &mut Vec<ClientOut>) {
-        for to in 0..self.params.n {
+        let skip = (self.kind == ClientKind::SkipLeader)
+            .then(|| (self.believed_view % u64::from(self.params.n)) as ReplicaId);
+        for to in (0..self.params.n).filter(|to| Some(*to) != skip) {
             out.push(ClientOut::Send {
                 to,
                 bytes: bytes.to_vec(),
@@ -175,7 +184,7 @@ impl Client {
     /// Time passed: issue, retransmit, fall back.
     pub fn wake(&mut self, now_ms: u64, out: &mut Vec<ClientOut>) {
         match self.kind {
-            ClientKind::Correct => self.wake_correct(now_ms, out),
+            ClientKind::Correct | ClientKind::SkipLeader => self.wake_correct(now_ms, out),
             ClientKind::BadAuth => self.wake_bad_auth(now_ms, out),
             ClientKind::ReusedSeq => self.wake_reused(now_ms, out),
             ClientKind::Flood => self.wake_flood(now_ms, out),
@@ -398,6 +407,7 @@ impl Client {
         if !self.is_correct() {
             return;
         }
+        self.believed_view = self.believed_view.max(reply.view);
         let Some(o) = self.outstanding.get_mut(&reply.req_seq) else {
             return;
         };

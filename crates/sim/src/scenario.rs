@@ -59,11 +59,14 @@ pub enum Scenario {
     ReusedSeq,
     /// Four clients flood requests beyond the per-client and total pending bounds.
     ClientFlood,
+    /// Every client sends to all replicas but the leader it believes in; no replica is faulty,
+    /// so no view change may happen (followers relay requests to the leader).
+    SkipLeader,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 22] = [
+    pub const ALL: [Scenario; 23] = [
         Scenario::Baseline,
         Scenario::Lossy,
         Scenario::Partition,
@@ -86,6 +89,7 @@ impl Scenario {
         Scenario::BadClientAuth,
         Scenario::ReusedSeq,
         Scenario::ClientFlood,
+        Scenario::SkipLeader,
     ];
 
     /// The scenario's command-line name.
@@ -113,6 +117,7 @@ impl Scenario {
             Scenario::BadClientAuth => "bad-client-auth",
             Scenario::ReusedSeq => "reused-seq",
             Scenario::ClientFlood => "client-flood",
+            Scenario::SkipLeader => "skip-leader",
         }
     }
 
@@ -193,6 +198,8 @@ pub(crate) struct Plan {
     pub(crate) crash_leader_at: Vec<u64>,
     pub(crate) crashes: Vec<CrashPlan>,
     pub(crate) fault_end_ms: u64,
+    /// At most this many view changes may happen (scenarios where one would be a fault).
+    pub(crate) view_changes_max: Option<u64>,
 }
 
 pub(crate) fn plan(
@@ -218,6 +225,7 @@ pub(crate) fn plan(
         crash_leader_at: Vec::new(),
         crashes: Vec::new(),
         fault_end_ms: 1500,
+        view_changes_max: None,
     };
     if let Some(fault) = scenario.replica_fault() {
         // Faults that matter most in a leader go to the leaders of the first views.
@@ -351,6 +359,13 @@ pub(crate) fn plan(
                 t += down_ms + rng.gen_range(50..400);
             }
             p.fault_end_ms = p.fault_end_ms.max(t).max(end_ms + 100);
+        }
+        Scenario::SkipLeader => {
+            // Every client avoids the leader; followers must relay, not suspect it.
+            for c in &mut p.clients {
+                c.0 = ClientKind::SkipLeader;
+            }
+            p.view_changes_max = Some(0);
         }
         Scenario::BadClientAuth => p.clients.push((ClientKind::BadAuth, 60)),
         Scenario::ReusedSeq => p.clients.push((ClientKind::ReusedSeq, 60)),

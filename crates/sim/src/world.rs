@@ -889,6 +889,14 @@ impl World {
             }
             view_changes = view_changes.max(views);
         }
+        if let Some(max) = self.plan.view_changes_max {
+            if view_changes > max {
+                self.checker.report(format!(
+                    "{view_changes} view changes where at most {max} may happen (no replica \
+                     is faulty: a client alone made the followers suspect the leader)"
+                ));
+            }
+        }
         RunReport {
             steps: self.steps,
             commits: self.checker.commits() as u64,
@@ -986,6 +994,12 @@ fn summary(m: &Message) -> String {
                 .map(|b| format!("s{}", b.pre_prepare.seq))
                 .collect::<Vec<_>>()
                 .join(",")
+        ),
+        Message::Forward(f) => format!(
+            "FORWARD from {} v{} [{}]",
+            f.from,
+            f.body.view,
+            reqs(&f.body.requests)
         ),
     }
 }

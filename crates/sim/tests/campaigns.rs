@@ -108,12 +108,13 @@ campaigns! {
     bad_client_auth: BadClientAuth, all;
     reused_seq: ReusedSeq, all;
     client_flood: ClientFlood, all;
+    skip_leader: SkipLeader, all;
 }
 
 #[test]
 fn every_scenario_has_a_campaign() {
     // Keep the macro list above in step with Scenario::ALL.
-    assert_eq!(Scenario::ALL.len(), 22);
+    assert_eq!(Scenario::ALL.len(), 23);
     for s in Scenario::ALL {
         assert_eq!(Scenario::from_name(s.name()), Some(s));
         assert_eq!(s.applies_to(FaultModel::Crash), s.replica_fault().is_none());

@@ -118,3 +118,15 @@ fn bug5_leader_alone_in_a_view_change() {
         defaults,
     );
 }
+
+#[test]
+fn finding7_lagging_leader_fetches_at_once() {
+    check(
+        "finding 7",
+        Scenario::SkipLeader,
+        3,
+        FaultModel::Crash,
+        3_000_944,
+        defaults,
+    );
+}

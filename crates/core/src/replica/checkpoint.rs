@@ -140,9 +140,25 @@ impl Replica {
             self.next_seq = seq + 1;
         }
         if self.last_executed < seq && !executable {
-            // PBFT 4.3 / 5.3: others have a stable state we do not: transfer it.
+            // PBFT 4.3 / 5.3: others have a stable state we do not: transfer it, right away
+            // from a replica that signed the checkpoint (it holds the state). A fetch sent
+            // before the checkpoint was stable may have asked a peer that had nothing yet;
+            // waiting for its timeout would stall a lagging leader for the whole cluster.
             self.note_progress_hint(seq);
-            self.start_fetch();
+            let signer = self
+                .stable
+                .proof
+                .iter()
+                .map(|c| c.from)
+                .filter(|&p| p != self.id)
+                .min_by_key(|&p| (p + self.cfg.n - self.last_fetch_peer - 1) % self.cfg.n);
+            match signer {
+                Some(peer) if self.recovery.is_none() => {
+                    self.fetch = None;
+                    self.send_fetch(peer);
+                }
+                _ => self.start_fetch(),
+            }
         }
         self.try_propose();
     }

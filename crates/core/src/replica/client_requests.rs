@@ -3,8 +3,8 @@
 
 use super::{Pending, Replica, Status};
 use crate::client_table::Lookup;
-use crate::message::{Reply, SignedRequest};
-use crate::types::ClientId;
+use crate::message::{Forward, Message, Reply, Signable, Signed, SignedRequest};
+use crate::types::{ClientId, ReplicaId};
 use crate::verify::Reject;
 use crate::Action;
 
@@ -108,7 +108,101 @@ impl Replica {
         Some((*arrived).max(self.view_start_ms) + self.cfg.request_timeout_ms)
     }
 
+    /// How long a follower holds a request before relaying it to the leader: half the time
+    /// after which it suspects the leader.
+    fn forward_after_ms(&self) -> u64 {
+        (self.cfg.request_timeout_ms / 2).max(1)
+    }
+
+    /// The first arrival key not relayed to this view's leader yet.
+    fn not_yet_forwarded(&self) -> (u64, ClientId, u64) {
+        match self.forwarded_until {
+            Some(t) => (t.saturating_add(1), 0, 0),
+            None => (0, 0, 0),
+        }
+    }
+
+    /// When the oldest pending request not yet relayed to this view's leader is due to be
+    /// relayed (followers in a normal view only).
+    pub(crate) fn forward_deadline(&self) -> Option<u64> {
+        if self.status != Status::Normal || !self.may_vote() || self.is_leader() {
+            return None;
+        }
+        let (arrived, _, _) = self.arrivals.range(self.not_yet_forwarded()..).next()?;
+        Some((*arrived).max(self.view_start_ms) + self.forward_after_ms())
+    }
+
+    /// PBFT 4.1: relay to the leader the requests it has not proposed within half the request
+    /// timeout, before suspecting it. A client that sends a request to every replica but the
+    /// leader then costs a relay, not a view change; a leader that ignores relayed requests is
+    /// still replaced when the full timeout passes.
+    fn tick_forward(&mut self) {
+        let Some(deadline) = self.forward_deadline() else {
+            return;
+        };
+        if self.now_ms < deadline {
+            return;
+        }
+        let cutoff = self.now_ms - self.forward_after_ms();
+        let due: Vec<(ClientId, u64)> = self
+            .arrivals
+            .range(self.not_yet_forwarded()..=(cutoff, u64::MAX, u64::MAX))
+            .map(|(_, c, s)| (*c, *s))
+            .filter(|k| !self.proposed.contains(k))
+            .collect();
+        self.forwarded_until = Some(cutoff);
+        let leader = self.cfg.leader(self.view);
+        let (max_requests, max_bytes) = (
+            self.cfg.batch_requests_max as usize,
+            self.cfg.batch_bytes_max as usize,
+        );
+        let mut chunk: Vec<SignedRequest> = Vec::new();
+        let mut bytes = 0;
+        for key in due {
+            let Some(request) = self.pending.get(&key).map(|p| p.request.clone()) else {
+                continue;
+            };
+            let size = request.request.size();
+            if !chunk.is_empty() && (chunk.len() >= max_requests || bytes + size > max_bytes) {
+                self.send_forward(leader, std::mem::take(&mut chunk));
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(request);
+        }
+        if !chunk.is_empty() {
+            self.send_forward(leader, chunk);
+        }
+    }
+
+    fn send_forward(&mut self, leader: ReplicaId, requests: Vec<SignedRequest>) {
+        let body = Forward {
+            view: self.view,
+            requests,
+        };
+        let sig = self.sign_bytes(&body.signing_bytes());
+        let from = self.id;
+        self.send(leader, Message::Forward(Signed { from, body, sig }));
+    }
+
+    /// Requests a follower relayed: the leader of their view admits them like requests from
+    /// their clients (the verify stage checked every client signature).
+    pub(crate) fn on_forward(&mut self, f: Signed<Forward>) {
+        if f.body.view < self.view {
+            self.reject(Reject::StaleView);
+            return;
+        }
+        if f.body.view > self.view || !self.is_leader() || self.status != Status::Normal {
+            self.reject(Reject::Unexpected);
+            return;
+        }
+        for r in f.body.requests {
+            self.on_request(r);
+        }
+    }
+
     pub(crate) fn tick_requests(&mut self) {
+        self.tick_forward();
         if let Some(deadline) = self.request_deadline() {
             if self.now_ms >= deadline {
                 // A request we hold was not executed in time: the leader is faulty or cut off.

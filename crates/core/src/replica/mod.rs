@@ -150,6 +150,9 @@ pub struct Replica {
     pub(crate) pending_per_client: BTreeMap<ClientId, u32>,
     pub(crate) queue: VecDeque<(ClientId, u64)>,
     pub(crate) proposed: BTreeSet<(ClientId, u64)>,
+    /// Followers: pending requests that arrived at or before this time were relayed to the
+    /// leader of the current view (`None`: none yet; reset on entering a view).
+    pub(crate) forwarded_until: Option<u64>,
 
     // Checkpoints.
     pub(crate) stable: CheckpointCert,
@@ -223,6 +226,7 @@ impl Replica {
             pending_per_client: BTreeMap::new(),
             queue: VecDeque::new(),
             proposed: BTreeSet::new(),
+            forwarded_until: None,
             stable: CheckpointCert {
                 seq: 0,
                 state_digest: Digest::default(),
@@ -295,6 +299,7 @@ impl Replica {
     pub fn next_deadline(&self) -> Option<u64> {
         [
             self.request_deadline(),
+            self.forward_deadline(),
             self.vc_deadline_ms,
             self.fetch_deadline(),
             self.checkpoint_resend_deadline(),
@@ -380,6 +385,7 @@ impl Replica {
             Message::NewView(nv) => self.on_new_view(nv),
             Message::Fetch(f) => self.on_fetch(f),
             Message::FetchReply(r) => self.on_fetch_reply(r),
+            Message::Forward(f) => self.on_forward(f),
         }
     }
 

@@ -36,7 +36,7 @@ impl Replica {
     }
 
     /// Ask `peer` (everyone while recovering) for what follows our last executed batch.
-    fn send_fetch(&mut self, peer: ReplicaId) {
+    pub(crate) fn send_fetch(&mut self, peer: ReplicaId) {
         self.last_fetch_peer = peer;
         let body = Fetch {
             executed: self.last_executed,
@@ -143,7 +143,10 @@ impl Replica {
         }
         for b in reply.batches {
             let seq = b.pre_prepare.seq;
-            if seq <= self.last_executed || !self.in_window(seq) {
+            // Certified batches we have not executed are useful up to the window's top, also
+            // at or below a checkpoint that became stable while we lagged (we need them to
+            // reach it; the checkpoint's snapshot may not be available yet).
+            if seq <= self.last_executed || seq > self.cfg.window_top(self.stable.seq) {
                 continue;
             }
             self.note_progress_hint(seq);

@@ -674,9 +674,11 @@ fn new_leader_behind_the_new_view_checkpoint_proposes_each_seq_once() {
 
 #[test]
 fn a_lone_suspicious_replica_does_not_climb_views() {
-    // Only one replica holds a request the leader never sees: it asks for a view change but
-    // never gets a quorum, so it must stay at view 1 (re-sending), not race ahead.
+    // Only one replica holds a request the leader never sees (its relay is lost too): it asks
+    // for a view change but never gets a quorum, so it must stay at view 1 (re-sending), not
+    // race ahead.
     let mut c = Cluster::new(4, FaultModel::Byzantine);
+    c.drop.push((0, "forward"));
     c.event(3, Event::Request(request(1, 1, b"only-r3")));
     c.run_until(10_000);
     assert_eq!(c.replicas[3].view(), 1);
@@ -883,4 +885,44 @@ fn view_change_at_the_end_of_sequence_numbers_is_rejected_without_overflow() {
     });
     assert!(verify_message(&cfg, &signer, &msg).is_err());
     assert_eq!(cfg.window_top(low), u64::MAX);
+}
+
+/// A client that sends its request to every replica but the leader: the followers relay it to
+/// the leader after half the request timeout (PBFT 4.1) instead of suspecting the leader.
+#[test]
+fn a_request_that_skips_the_leader_is_relayed_not_a_view_change() {
+    let mut c = Cluster::new(4, FaultModel::Byzantine);
+    let r = request(5, 1, b"skip");
+    for i in 1..4 {
+        c.event(i, Event::Request(r.clone()));
+    }
+    c.run_until(c.cfg.request_timeout_ms / 2 - 1);
+    assert!(
+        c.executed[1].is_empty(),
+        "nothing relayed before half the timeout"
+    );
+    c.run_until(c.cfg.request_timeout_ms * 3);
+    for i in 0..4 {
+        assert_eq!(c.replicas[i].view(), 0, "replica {i} did not change views");
+        assert_eq!(c.replicas[i].last_executed(), 1);
+    }
+    assert_eq!(c.replies_for(5, 1), 4);
+    // Each follower relayed once; the leader admitted the first and ignored the copies.
+    assert_eq!(c.replicas[0].stats().executed_requests, 1);
+}
+
+/// A leader that ignores relayed requests is still replaced at the full timeout.
+#[test]
+fn a_leader_that_ignores_relayed_requests_is_replaced() {
+    let mut c = Cluster::new(4, FaultModel::Byzantine);
+    c.drop.push((0, "forward"));
+    let r = request(5, 1, b"skip");
+    for i in 1..4 {
+        c.event(i, Event::Request(r.clone()));
+    }
+    c.run_until(c.cfg.request_timeout_ms * 10);
+    for i in 1..4 {
+        assert!(c.replicas[i].view() >= 1, "replica {i} replaced the leader");
+        assert_eq!(c.replicas[i].last_executed(), 1, "and the request executed");
+    }
 }

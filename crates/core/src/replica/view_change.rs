@@ -280,6 +280,8 @@ impl Replica {
         self.status = Status::ViewChanging;
         self.vc_deadline_ms = None;
         self.view_start_ms = self.now_ms;
+        // Relay to this view's leader whatever it has not proposed.
+        self.forwarded_until = None;
         self.stats.views_entered += 1;
         if self
             .recovery
