@@ -37,6 +37,43 @@ impl std::fmt::Display for FaultModel {
     }
 }
 
+/// Whether replicas keep what they must not forget on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Nothing on disk: a restarted replica recovers from its peers and votes again only after
+    /// the next view change (ADR 002). If every replica stops at once, the state is gone.
+    #[default]
+    Memory,
+    /// Write-ahead: the engine emits [`crate::Action::Persist`] for every record a restarted
+    /// replica needs (its view changes, accepted proposals, prepared certificates, committed
+    /// batches) and holds back every later output until [`crate::Event::Persisted`] reports
+    /// the record durable (ADR 008).
+    Durable,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "memory" => Ok(Durability::Memory),
+            "durable" => Ok(Durability::Durable),
+            other => Err(format!(
+                "unknown durability `{other}` (expected memory or durable)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Memory => "memory",
+            Durability::Durable => "durable",
+        })
+    }
+}
+
 /// Everything a replica needs to know about the cluster and its limits.
 ///
 /// Build one with [`Config::new`] and adjust fields; [`Config::validate`] must pass before a
@@ -76,6 +113,9 @@ pub struct Config {
     pub pending_max: u32,
     /// Batches served in one state-transfer reply.
     pub fetch_batches_max: u32,
+    /// Memory or durable (write-ahead) mode.
+    #[serde(default)]
+    pub durability: Durability,
 }
 
 /// Why a configuration was rejected.
@@ -123,6 +163,7 @@ impl Config {
             client_pending_max: 64,
             pending_max: 100_000,
             fetch_batches_max: 64,
+            durability: Durability::Memory,
         }
     }
 

@@ -27,13 +27,13 @@ pub mod verify;
 mod replica;
 
 pub use auth::{Authenticator, Ed25519Auth, SimAuth, VerifyItem};
-pub use config::{Config, ConfigError, FaultModel};
+pub use config::{Config, ConfigError, Durability, FaultModel};
 pub use message::{
     Checkpoint, CheckpointCert, CommittedBatch, Fetch, FetchReply, Forward, Message, NewView,
-    PrePrepare, PreparedCert, Reply, Request, Signed, SignedRequest, StateSnapshot, ViewChange,
-    Vote,
+    PrePrepare, PreparedCert, Record, Reply, Request, Signed, SignedRequest, StateSnapshot,
+    ViewChange, Vote,
 };
-pub use replica::{compute_new_view, Replica, Stats, Status};
+pub use replica::{compute_new_view, RecoverError, Replica, Stats, Status};
 pub use types::{ClientId, Digest, Principal, ReplicaId, Seq, View};
 
 /// An input to [`Replica::handle`].
@@ -64,6 +64,13 @@ pub enum Event {
     },
     /// Time passed: fire any timer due at `now_ms`. Call it at [`Replica::next_deadline`].
     Tick,
+    /// Durable mode: every [`Action::Persist`] with a ticket up to `ticket` is on disk (a
+    /// runtime that syncs a group of records at once reports the group's highest ticket).
+    /// Outputs the engine held back for them are released.
+    Persisted {
+        /// The highest durable ticket.
+        ticket: u64,
+    },
 }
 
 /// An output of [`Replica::handle`], to be carried out by the caller in order.
@@ -103,6 +110,25 @@ pub enum Action {
     },
     /// Send a reply to its client.
     Reply(Reply),
+    /// Durable mode: append `record` to the write-ahead log, then report
+    /// [`Event::Persisted`] once it is durable. Tickets increase by one per record. Until then
+    /// the engine emits nothing else but further `Persist` and [`Action::SaveCheckpoint`]
+    /// actions: every send, execution and reply that follows waits, so nothing leaves the
+    /// replica that depends on a record a crash could lose.
+    Persist {
+        /// The record's ticket.
+        ticket: u64,
+        /// The log may drop the record once a checkpoint at or above `key` is saved (records
+        /// about a sequence number carry it; view records the stable checkpoint + 1 at the
+        /// time, and the engine writes the current one again at every stable checkpoint).
+        key: Seq,
+        /// What to log.
+        record: Record,
+    },
+    /// Durable mode: save this stable checkpoint's state (atomically, after the records
+    /// already requested), then drop log records whose key is at or below its sequence number.
+    /// A restarted replica passes the newest saved one to [`Replica::recover`].
+    SaveCheckpoint(StateSnapshot),
     /// Replace the service state with `service` (state transfer); the engine's client table and
     /// sequence number already moved to `seq`.
     Restore {

@@ -205,6 +205,39 @@ pub struct Forward {
     pub requests: Vec<SignedRequest>,
 }
 
+/// What a replica in durable mode must not forget, in the order the engine emitted them
+/// ([`crate::Action::Persist`]). A restarted replica hands its records (and its newest saved
+/// checkpoint) to [`crate::Replica::recover`], which rebuilds the state the votes it sent
+/// depended on, so it never contradicts itself (ADR 008).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// This replica asked for a view change (its own signed VIEW-CHANGE): it takes no further
+    /// part in lower views.
+    ViewChange(Signed<ViewChange>),
+    /// This replica entered `view` with this NEW-VIEW (sent as leader, or accepted); its
+    /// re-proposals are this replica's accepted proposals of the view.
+    NewView(Signed<NewView>),
+    /// A proposal this replica accepted (or, as leader, made) in its view: its PREPARE (crash
+    /// mode: its accept) for that sequence number went out after this.
+    PrePrepare(Signed<PrePrepare>),
+    /// A prepared certificate (Byzantine mode): this replica's COMMIT went out after this.
+    Prepared(PreparedCert),
+    /// A committed batch with its commit certificate: executed, and replied to, after this.
+    Committed(CommittedBatch),
+}
+
+impl Record {
+    /// The sequence number the record is about; `None` for view records.
+    pub fn seq(&self) -> Option<Seq> {
+        match self {
+            Record::ViewChange(_) | Record::NewView(_) => None,
+            Record::PrePrepare(pp) => Some(pp.body.seq),
+            Record::Prepared(c) => Some(c.pre_prepare.body.seq),
+            Record::Committed(b) => Some(b.pre_prepare.seq),
+        }
+    }
+}
+
 /// A reply to a client (authenticated by the runtime with a MAC).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Reply {

@@ -3,11 +3,13 @@
 mod checkpoint;
 mod client_requests;
 mod normal_case;
+mod recovery;
 mod state_transfer;
 #[cfg(test)]
 mod tests;
 mod view_change;
 
+pub use recovery::RecoverError;
 pub use view_change::compute_new_view;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -175,6 +177,20 @@ pub struct Replica {
     pub(crate) fetch_target: Seq,
     pub(crate) last_fetch_peer: ReplicaId,
 
+    // Durable mode (ADR 007).
+    /// Tickets handed out by `persist`.
+    pub(crate) tickets_issued: u64,
+    /// The highest ticket the runtime reported durable.
+    pub(crate) tickets_persisted: u64,
+    /// The highest ticket handed to the caller: outputs after it wait for it.
+    pub(crate) tickets_emitted: u64,
+    /// Outputs waiting for their ticket to be durable, in emission order.
+    pub(crate) held: VecDeque<(u64, Action)>,
+    /// While rebuilding state from the log in `recover`: persist nothing, execute nothing.
+    pub(crate) replaying: bool,
+    /// The newest stable checkpoint handed out in [`Action::SaveCheckpoint`].
+    pub(crate) saved_checkpoint: Seq,
+
     pub(crate) stats: Stats,
     pub(crate) out: Vec<Action>,
 }
@@ -246,6 +262,12 @@ impl Replica {
             fetch: None,
             fetch_target: 0,
             last_fetch_peer: id,
+            tickets_issued: 0,
+            tickets_persisted: 0,
+            tickets_emitted: 0,
+            held: VecDeque::new(),
+            replaying: false,
+            saved_checkpoint: 0,
             stats: Stats::default(),
             out: Vec::new(),
         })
@@ -286,8 +308,59 @@ impl Replica {
                 snapshot,
             } => self.on_executed(seq, results, snapshot),
             Event::Tick => self.on_tick(),
+            Event::Persisted { ticket } => {
+                self.tickets_persisted =
+                    self.tickets_persisted.max(ticket.min(self.tickets_issued));
+            }
         }
-        out.append(&mut self.out);
+        self.save_stable_checkpoint();
+        self.release(out);
+    }
+
+    /// Hand this step's actions to the caller, holding back (in order) every output that
+    /// follows a record not yet durable. Memory mode never persists, so nothing waits.
+    fn release(&mut self, out: &mut Vec<Action>) {
+        while let Some((ticket, _)) = self.held.front() {
+            if *ticket > self.tickets_persisted {
+                break;
+            }
+            if let Some((_, action)) = self.held.pop_front() {
+                out.push(action);
+            }
+        }
+        for action in self.out.drain(..) {
+            match action {
+                Action::Persist { ticket, .. } => {
+                    self.tickets_emitted = ticket;
+                    out.push(action);
+                }
+                Action::SaveCheckpoint(_) => out.push(action),
+                _ if self.held.is_empty() && self.tickets_emitted <= self.tickets_persisted => {
+                    out.push(action);
+                }
+                _ => self.held.push_back((self.tickets_emitted, action)),
+            }
+        }
+    }
+
+    /// Durable mode: log `record` before anything that depends on it leaves the replica.
+    pub(crate) fn persist(&mut self, record: crate::message::Record) {
+        if self.cfg.durability != crate::config::Durability::Durable || self.replaying {
+            return;
+        }
+        self.tickets_issued += 1;
+        let key = record.seq().unwrap_or(self.stable.seq.saturating_add(1));
+        self.out.push(Action::Persist {
+            ticket: self.tickets_issued,
+            key,
+            record,
+        });
+    }
+
+    /// Outputs waiting for records to become durable (for metrics; bounded by what arrives
+    /// while one group of records syncs).
+    pub fn held_outputs(&self) -> usize {
+        self.held.len()
     }
 
     /// Count an input the caller rejected before it reached the engine (for [`Stats`]).

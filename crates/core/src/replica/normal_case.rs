@@ -4,7 +4,7 @@
 use super::{InFlight, Replica, Status};
 use crate::message::{
     batch_digest, vote_signing_bytes, CommittedBatch, Message, Phase, PrePrepare, PreparedCert,
-    Reply, Signable, Signed, Vote,
+    Record, Reply, Signable, Signed, Vote,
 };
 use crate::types::{ReplicaId, Seq, View};
 use crate::verify::Reject;
@@ -124,8 +124,9 @@ impl Replica {
             body,
             sig,
         };
+        self.persist(Record::PrePrepare(signed.clone()));
         self.broadcast(Message::PrePrepare(signed.clone()));
-        self.accept_pre_prepare(signed);
+        self.accept_pre_prepare(signed, false);
     }
 
     pub(crate) fn on_pre_prepare(&mut self, pp: Signed<PrePrepare>) {
@@ -147,11 +148,15 @@ impl Replica {
             }
             return;
         }
-        self.accept_pre_prepare(pp);
+        self.accept_pre_prepare(pp, true);
     }
 
-    /// Record a pre-prepare of the current view and cast this replica's vote for it.
-    pub(crate) fn accept_pre_prepare(&mut self, pp: Signed<PrePrepare>) {
+    /// Record a pre-prepare of the current view and cast this replica's vote for it. `log`:
+    /// durable mode logs it first (proposals and NEW-VIEW re-proposals are logged already).
+    pub(crate) fn accept_pre_prepare(&mut self, pp: Signed<PrePrepare>, log: bool) {
+        if log {
+            self.persist(Record::PrePrepare(pp.clone()));
+        }
         let vote = Vote {
             view: pp.body.view,
             seq: pp.body.seq,
@@ -293,11 +298,16 @@ impl Replica {
                 .take(quorum - 1)
                 .cloned()
                 .collect();
-            slot.prepared_cert = Some(PreparedCert {
+            let cert = PreparedCert {
                 pre_prepare: pp.clone(),
                 prepares,
-            });
+            };
+            slot.prepared_cert = Some(cert.clone());
+            self.persist(Record::Prepared(cert));
         }
+        let Some(slot) = self.slots.get_mut(&seq) else {
+            return;
+        };
         if has_prepare && !slot.sent_commit && may_vote {
             self.cast(Phase::Commit, vote);
         }
@@ -315,10 +325,12 @@ impl Replica {
             let Some(pp) = slot.pre_prepare.as_ref() else {
                 return;
             };
-            slot.committed = Some(CommittedBatch {
+            let batch = CommittedBatch {
                 pre_prepare: pp.body.clone(),
                 commits,
-            });
+            };
+            slot.committed = Some(batch.clone());
+            self.persist(Record::Committed(batch));
             self.note_progress_hint(seq);
             self.try_execute();
         }
@@ -328,7 +340,7 @@ impl Replica {
     /// exactly-once decisions below see the client table exactly as of the previous batch on
     /// every replica.
     pub(crate) fn try_execute(&mut self) {
-        if self.in_flight.is_some() {
+        if self.in_flight.is_some() || self.replaying {
             return;
         }
         let seq = self.last_executed + 1;

@@ -5,7 +5,7 @@
 
 use super::{FetchState, Replica};
 use crate::client_table::ClientTable;
-use crate::message::{Fetch, FetchReply, Message, Signable, Signed, StateSnapshot};
+use crate::message::{Fetch, FetchReply, Message, Record, Signable, Signed, StateSnapshot};
 use crate::types::{ReplicaId, Seq};
 use crate::verify::Reject;
 use crate::Action;
@@ -152,8 +152,9 @@ impl Replica {
             self.note_progress_hint(seq);
             let slot = self.slots.entry(seq).or_default();
             if slot.committed.is_none() {
-                slot.committed = Some(b);
+                slot.committed = Some(b.clone());
                 self.stats.batches_fetched += 1;
+                self.persist(Record::Committed(b));
             }
         }
         self.try_execute();

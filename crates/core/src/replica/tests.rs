@@ -71,6 +71,18 @@ struct Cluster {
     drop: Vec<(ReplicaId, &'static str)>,
     executed: Vec<BTreeMap<u64, Vec<Vec<u8>>>>,
     now: u64,
+    /// Durable mode: each replica's disk (records become durable at once unless `sync_held`).
+    disks: Vec<Disk>,
+    /// Replicas whose disk reports nothing durable until `sync`.
+    sync_held: Vec<ReplicaId>,
+}
+
+/// A replica's disk in durable mode: the newest saved checkpoint and the log after it.
+#[derive(Default, Clone)]
+struct Disk {
+    checkpoint: Option<crate::message::StateSnapshot>,
+    /// (ticket, key, record, durable)
+    log: Vec<(u64, u64, crate::message::Record, bool)>,
 }
 
 impl Cluster {
@@ -90,7 +102,42 @@ impl Cluster {
             drop: Vec::new(),
             executed: vec![BTreeMap::new(); n as usize],
             now: 0,
+            disks: vec![Disk::default(); n as usize],
+            sync_held: Vec::new(),
         }
+    }
+
+    fn durable(n: u32, model: FaultModel) -> Cluster {
+        let mut c = Cluster::new(n, model);
+        c.cfg.durability = crate::config::Durability::Durable;
+        c.replicas = (0..n)
+            .map(|i| Replica::new(c.cfg.clone(), i, auth(Principal::Replica(i))).unwrap())
+            .collect();
+        c
+    }
+
+    /// Replica `i` loses its memory and whatever its disk had not made durable, and restarts
+    /// from its disk.
+    fn crash_and_recover(&mut self, i: ReplicaId) -> Vec<Action> {
+        let disk = &mut self.disks[i as usize];
+        disk.log.retain(|e| e.3);
+        let records: Vec<_> = disk.log.iter().map(|e| e.2.clone()).collect();
+        let mut out = Vec::new();
+        self.replicas[i as usize] = Replica::recover(
+            self.cfg.clone(),
+            i,
+            auth(Principal::Replica(i)),
+            self.now,
+            disk.checkpoint.clone(),
+            records,
+            &mut out,
+        )
+        .unwrap();
+        self.services[i as usize] = Log::default();
+        self.executed[i as usize].clear();
+        let actions = out.clone();
+        self.carry_out(i, out, &mut VecDeque::new());
+        actions
     }
 
     fn event(&mut self, to: ReplicaId, event: Event) {
@@ -101,7 +148,15 @@ impl Cluster {
         let mut queue = VecDeque::from([event]);
         while let Some(e) = queue.pop_front() {
             self.replicas[to as usize].handle(self.now, e, &mut out);
-            for a in out.drain(..) {
+            let actions = std::mem::take(&mut out);
+            self.carry_out(to, actions, &mut queue);
+        }
+    }
+
+    fn carry_out(&mut self, to: ReplicaId, actions: Vec<Action>, queue: &mut VecDeque<Event>) {
+        let first = queue.is_empty();
+        {
+            for a in actions {
                 match a {
                     Action::Send { to: dst, message } => self.net.push_back((dst, message)),
                     Action::Broadcast { message } => {
@@ -147,7 +202,33 @@ impl Cluster {
                     }
                     Action::Reply(r) => self.replies.push(r),
                     Action::ExecuteReadOnly { .. } => {}
+                    Action::Persist {
+                        ticket,
+                        key,
+                        record,
+                    } => {
+                        let durable = !self.sync_held.contains(&to);
+                        self.disks[to as usize]
+                            .log
+                            .push((ticket, key, record, durable));
+                        if durable {
+                            queue.push_back(Event::Persisted { ticket });
+                        }
+                    }
+                    Action::SaveCheckpoint(snap) => {
+                        let disk = &mut self.disks[to as usize];
+                        let seq = snap.checkpoint.seq;
+                        disk.log.retain(|e| e.1 > seq);
+                        disk.checkpoint = Some(snap);
+                    }
                 }
+            }
+        }
+        if first && !queue.is_empty() {
+            while let Some(e) = queue.pop_front() {
+                let mut out = Vec::new();
+                self.replicas[to as usize].handle(self.now, e, &mut out);
+                self.carry_out(to, out, queue);
             }
         }
     }
@@ -925,4 +1006,177 @@ fn a_leader_that_ignores_relayed_requests_is_replaced() {
         assert!(c.replicas[i].view() >= 1, "replica {i} replaced the leader");
         assert_eq!(c.replicas[i].last_executed(), 1, "and the request executed");
     }
+}
+
+// ---- Durable mode (ADR 008) ----
+
+#[test]
+fn durable_follower_sends_its_vote_only_after_the_proposal_is_on_disk() {
+    let mut cfg = config(4, FaultModel::Byzantine);
+    cfg.durability = crate::config::Durability::Durable;
+    let mut r = Replica::new(cfg, 1, auth(Principal::Replica(1))).unwrap();
+    let pp = leader_pre_prepare(vec![request(1, 1, b"x")]);
+    let mut out = Vec::new();
+    r.handle(0, Event::Message(Message::PrePrepare(pp.clone())), &mut out);
+    assert!(
+        matches!(&out[..], [Action::Persist { ticket: 1, key: 1, record: crate::message::Record::PrePrepare(p) }] if *p == pp),
+        "only the record goes out first: {out:?}"
+    );
+    assert_eq!(r.held_outputs(), 1);
+    out.clear();
+    r.handle(1, Event::Persisted { ticket: 1 }, &mut out);
+    assert!(
+        matches!(&out[..], [Action::Broadcast { message: Message::Prepare(v) }] if v.body.seq == 1),
+        "the prepare follows the record: {out:?}"
+    );
+    assert_eq!(r.held_outputs(), 0);
+}
+
+#[test]
+fn memory_mode_persists_nothing() {
+    let mut c = Cluster::new(4, FaultModel::Byzantine);
+    for i in 1..=10 {
+        c.submit(request(1, i, b"m"));
+    }
+    assert!(c
+        .disks
+        .iter()
+        .all(|d| d.log.is_empty() && d.checkpoint.is_none()));
+}
+
+#[test]
+fn durable_cluster_survives_every_replica_restarting_at_once() {
+    for (n, model) in [(4, FaultModel::Byzantine), (3, FaultModel::Crash)] {
+        let mut c = Cluster::durable(n, model);
+        for i in 1..=10 {
+            c.submit(request(1, i, format!("w{i}").as_bytes()));
+            assert_eq!(
+                c.replies_for(1, i),
+                n as usize,
+                "{model}: write {i} acknowledged"
+            );
+        }
+        let before = c.services[0].0.clone();
+        assert_eq!(before.len(), 10);
+        // Checkpoints were saved and the log compacted below them.
+        assert!(c.disks.iter().all(|d| d.checkpoint.is_some()), "{model}");
+        for i in 0..n {
+            c.crash_and_recover(i);
+        }
+        c.deliver_all();
+        for i in 0..n as usize {
+            assert_eq!(
+                c.services[i].0, before,
+                "{model}: replica {i} recovered every write"
+            );
+        }
+        c.submit(request(1, 11, b"after"));
+        assert_eq!(
+            c.replies_for(1, 11),
+            n as usize,
+            "{model}: live after restart"
+        );
+        // Exactly once across the restart: a retransmitted old request is not re-executed.
+        c.submit(request(1, 10, b"w10"));
+        for i in 0..n as usize {
+            assert_eq!(c.services[i].0.len(), 11, "{model}: replica {i}");
+        }
+        c.assert_agreement();
+    }
+}
+
+#[test]
+fn durable_log_stays_bounded_by_checkpoints() {
+    let mut c = Cluster::durable(4, FaultModel::Byzantine);
+    for i in 1..=200 {
+        c.submit(request(1, i, b"x"));
+    }
+    for (i, d) in c.disks.iter().enumerate() {
+        let seq = d.checkpoint.as_ref().map(|s| s.checkpoint.seq).unwrap_or(0);
+        assert!(seq >= 196, "replica {i} saved checkpoint {seq}");
+        // Records above the checkpoint (at most a checkpoint interval of batches, each with a
+        // proposal, a prepared certificate and a commit) plus the view record.
+        assert!(
+            d.log.len() <= 3 * 4 + 1,
+            "replica {i} keeps {} records",
+            d.log.len()
+        );
+    }
+}
+
+#[test]
+fn restarted_durable_replica_does_not_vote_twice_for_one_slot() {
+    let mut c = Cluster::durable(4, FaultModel::Byzantine);
+    let pp = leader_pre_prepare(vec![request(1, 1, b"first")]);
+    c.event(1, Event::Message(Message::PrePrepare(pp)));
+    c.net.clear();
+    let actions = c.crash_and_recover(1);
+    // Its prepare for the slot is sent again (peers may have lost it) ...
+    assert!(actions.iter().any(
+        |a| matches!(a, Action::Broadcast { message: Message::Prepare(v) } if v.body.seq == 1)
+    ));
+    // ... and a conflicting proposal for the same slot gets no vote.
+    let other = leader_pre_prepare(vec![request(2, 1, b"second")]);
+    let mut out = Vec::new();
+    c.replicas[1].handle(c.now, Event::Message(Message::PrePrepare(other)), &mut out);
+    assert!(
+        !out.iter().any(|a| matches!(
+            a,
+            Action::Broadcast {
+                message: Message::Prepare(_)
+            } | Action::Persist {
+                record: crate::message::Record::PrePrepare(_),
+                ..
+            }
+        )),
+        "{out:?}"
+    );
+    assert_eq!(c.replicas[1].stats().rejected.get("conflicting"), Some(&1));
+}
+
+#[test]
+fn a_record_lost_in_a_crash_was_never_acted_on() {
+    // Replica 1's disk never syncs: it logs the proposal but its vote stays held; after a
+    // crash that loses the record it has said nothing it could contradict.
+    let mut c = Cluster::durable(4, FaultModel::Byzantine);
+    c.sync_held.push(1);
+    let pp = leader_pre_prepare(vec![request(1, 1, b"first")]);
+    c.event(1, Event::Message(Message::PrePrepare(pp)));
+    assert!(
+        c.net.is_empty(),
+        "nothing left replica 1 before its record was durable"
+    );
+    c.sync_held.clear();
+    c.crash_and_recover(1);
+    let other = leader_pre_prepare(vec![request(2, 1, b"second")]);
+    c.event(1, Event::Message(Message::PrePrepare(other)));
+    assert!(
+        c.net
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Prepare(v) if v.from == 1 && v.body.seq == 1)),
+        "free to vote for the only proposal it ever voted on"
+    );
+}
+
+#[test]
+fn replica_restarted_during_a_view_change_asks_for_the_same_view_again() {
+    let mut c = Cluster::durable(4, FaultModel::Byzantine);
+    c.submit(request(1, 1, b"a"));
+    c.up[0] = false; // the leader dies
+    c.event(2, Event::Request(request(1, 2, b"b")));
+    c.event(3, Event::Request(request(1, 2, b"b")));
+    c.now += 150;
+    c.event(2, Event::Tick);
+    c.event(3, Event::Tick);
+    assert_eq!(c.replicas[2].status(), Status::ViewChanging);
+    c.net.clear();
+    let actions = c.crash_and_recover(2);
+    assert_eq!(c.replicas[2].view(), 1);
+    assert_eq!(c.replicas[2].status(), Status::ViewChanging);
+    assert!(actions.iter().any(
+        |a| matches!(a, Action::Broadcast { message: Message::ViewChange(v) } if v.body.new_view == 1)
+    ));
+    c.run_until(c.now + 2_000);
+    assert!(c.replicas[1..].iter().all(|r| r.last_executed() == 2));
+    c.assert_agreement();
 }

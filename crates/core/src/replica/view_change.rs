@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use super::{Replica, Status};
 use crate::config::Config;
 use crate::message::{
-    batch_digest, CheckpointCert, Message, NewView, PrePrepare, PreparedCert, Signable, Signed,
-    ViewChange,
+    batch_digest, CheckpointCert, Message, NewView, PrePrepare, PreparedCert, Record, Signable,
+    Signed, ViewChange,
 };
 use crate::types::{Seq, View};
 use crate::verify::Reject;
@@ -103,6 +103,7 @@ impl Replica {
             sig,
         };
         self.latest_vc.insert(self.id, signed.clone());
+        self.persist(Record::ViewChange(signed.clone()));
         self.broadcast(Message::ViewChange(signed));
         self.vc_deadline_ms = Some(self.now_ms + self.vc_timeout_ms);
         self.try_send_new_view();
@@ -239,6 +240,7 @@ impl Replica {
             sig,
         };
         self.sent_new_view = Some(view);
+        self.persist(Record::NewView(nv.clone()));
         self.broadcast(Message::NewView(nv.clone()));
         self.enter_view(nv, checkpoint);
     }
@@ -267,12 +269,13 @@ impl Replica {
             }
             return;
         }
+        self.persist(Record::NewView(nv.clone()));
         self.enter_view(nv, checkpoint);
     }
 
     /// Enter the view of a valid NEW-VIEW: adopt its checkpoint, reset per-view slot state,
     /// accept its re-proposals, and resume.
-    fn enter_view(&mut self, nv: Signed<NewView>, checkpoint: CheckpointCert) {
+    pub(crate) fn enter_view(&mut self, nv: Signed<NewView>, checkpoint: CheckpointCert) {
         let view = nv.body.view;
         self.view = view;
         // Stay out of Normal until the re-proposals are in place: adopting the checkpoint must
@@ -309,7 +312,7 @@ impl Replica {
         }
         for pp in nv.body.pre_prepares.iter().cloned() {
             if self.in_window(pp.body.seq) {
-                self.accept_pre_prepare(pp);
+                self.accept_pre_prepare(pp, false);
             }
         }
         self.next_seq = high.max(self.last_executed) + 1;

@@ -211,6 +211,11 @@ impl CoreThread {
                 info!(seq, "installing a snapshot from state transfer");
                 let _ = self.exec_tx.send(ExecJob::Restore { seq, service });
             }
+            Action::Persist { .. } | Action::SaveCheckpoint(_) => {
+                // The node runs the engine in memory mode (the cluster file has no durable
+                // mode yet), which never emits these.
+                error!("durable-mode action in a memory-mode replica; ignored");
+            }
         }
     }
 
