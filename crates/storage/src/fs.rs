@@ -80,15 +80,21 @@ impl Fs for RealFs {
     type File = RealFile;
 
     fn create_dir_all(&self, dir: &Path) -> Result<()> {
-        if dir.is_dir() {
+        let missing: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.is_dir())
+            .collect();
+        if missing.is_empty() {
             return Ok(());
         }
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create dir", dir, e))?;
-        // Make the new directory's own entry durable in its parent.
-        match dir.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => Self::open_dir_sync(parent),
-            _ => Ok(()),
+        // Make each new directory's entry durable in its parent, deepest first.
+        for created in missing {
+            if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Self::open_dir_sync(parent)?;
+            }
         }
+        Ok(())
     }
 
     fn create(&self, path: &Path) -> Result<RealFile> {
