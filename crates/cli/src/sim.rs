@@ -31,6 +31,10 @@ pub struct SimArgs {
     /// Sign with real Ed25519 keys (slow) instead of the simulated authenticator.
     #[arg(long)]
     ed25519: bool,
+    /// Durable mode on simulated disks (crashes lose only unsynced records; restarts recover
+    /// from disk). The crash-all scenario is always durable.
+    #[arg(long)]
+    durable: bool,
     /// With --seed: print every delivered message and execution to stderr.
     #[arg(long)]
     trace: bool,
@@ -78,6 +82,7 @@ pub fn sim(args: SimArgs) -> ExitCode {
         client_window: args.client_window,
         read_only: !args.no_read_only,
         ed25519: args.ed25519,
+        durable: args.durable,
         ..SimParams::new(0, n, args.fault_model)
     };
 

@@ -51,6 +51,9 @@ pub struct SimParams {
     pub ed25519: bool,
     /// Print a trace of every delivered message and execution to stderr (for replays).
     pub trace: bool,
+    /// Run the replicas in durable mode on simulated disks: a crash loses only what was not
+    /// synced, and a restarted replica recovers from its disk (`Replica::recover`).
+    pub durable: bool,
     /// A deliberate bug, to test that the checkers fail (tests only).
     #[doc(hidden)]
     pub inject: Option<Injection>,
@@ -71,6 +74,7 @@ impl SimParams {
             max_steps: 2_000_000,
             ed25519: false,
             trace: false,
+            durable: false,
             inject: None,
         }
     }
@@ -98,6 +102,9 @@ pub enum Injection {
         /// The replica.
         replica: ReplicaId,
     },
+    /// Durable mode: every replica's disk acknowledges syncs but a crash loses everything (a
+    /// disk that lies about fsync); acknowledged writes are lost across a whole-cluster crash.
+    LyingDisks,
 }
 
 /// What one run did and found.
@@ -150,6 +157,9 @@ pub fn replay_command(scenario: Scenario, params: &SimParams) -> String {
     }
     if params.ed25519 {
         cmd.push_str(" --ed25519");
+    }
+    if params.durable {
+        cmd.push_str(" --durable");
     }
     cmd
 }

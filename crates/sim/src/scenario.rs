@@ -62,11 +62,14 @@ pub enum Scenario {
     /// Every client sends to all replicas but the leader it believes in; no replica is faulty,
     /// so no view change may happen (followers relay requests to the leader).
     SkipLeader,
+    /// Durable mode: every replica crashes at once (losing what it had not synced), once or
+    /// twice, and restarts from its disk; nothing acknowledged may be lost.
+    CrashAll,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 23] = [
+    pub const ALL: [Scenario; 24] = [
         Scenario::Baseline,
         Scenario::Lossy,
         Scenario::Partition,
@@ -90,6 +93,7 @@ impl Scenario {
         Scenario::ReusedSeq,
         Scenario::ClientFlood,
         Scenario::SkipLeader,
+        Scenario::CrashAll,
     ];
 
     /// The scenario's command-line name.
@@ -118,6 +122,7 @@ impl Scenario {
             Scenario::ReusedSeq => "reused-seq",
             Scenario::ClientFlood => "client-flood",
             Scenario::SkipLeader => "skip-leader",
+            Scenario::CrashAll => "crash-all",
         }
     }
 
@@ -174,13 +179,20 @@ pub(crate) struct Partition {
     pub(crate) side: Vec<bool>,
 }
 
-/// A crash followed by a restart without state.
+/// A crash followed by a restart (without state, or from disk in durable mode).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CrashPlan {
     pub(crate) at_ms: u64,
     /// The replica, or `None` for the leader of the highest view at that time.
     pub(crate) victim: Option<ReplicaId>,
     pub(crate) down_ms: u64,
+}
+
+impl Scenario {
+    /// Whether the scenario runs in durable mode whatever the parameters say.
+    pub fn forces_durable(self) -> bool {
+        self == Scenario::CrashAll
+    }
 }
 
 /// Everything a run's faults consist of, drawn from the seed.
@@ -200,6 +212,8 @@ pub(crate) struct Plan {
     pub(crate) fault_end_ms: u64,
     /// At most this many view changes may happen (scenarios where one would be a fault).
     pub(crate) view_changes_max: Option<u64>,
+    /// Whole-cluster crashes: (time, per-replica downtime).
+    pub(crate) crash_all: Vec<(u64, Vec<u64>)>,
 }
 
 pub(crate) fn plan(
@@ -226,6 +240,7 @@ pub(crate) fn plan(
         crashes: Vec::new(),
         fault_end_ms: 1500,
         view_changes_max: None,
+        crash_all: Vec::new(),
     };
     if let Some(fault) = scenario.replica_fault() {
         // Faults that matter most in a leader go to the leaders of the first views.
@@ -359,6 +374,16 @@ pub(crate) fn plan(
                 t += down_ms + rng.gen_range(50..400);
             }
             p.fault_end_ms = p.fault_end_ms.max(t).max(end_ms + 100);
+        }
+        Scenario::CrashAll => {
+            let mut t = rng.gen_range(50..400);
+            for _ in 0..rng.gen_range(1..=2) {
+                let downs: Vec<u64> = (0..n).map(|_| rng.gen_range(20..400)).collect();
+                let longest = downs.iter().copied().max().unwrap_or(0);
+                p.crash_all.push((t, downs));
+                t += longest + rng.gen_range(100..600);
+            }
+            p.fault_end_ms = t.max(p.fault_end_ms);
         }
         Scenario::SkipLeader => {
             // Every client avoids the leader; followers must relay, not suspect it.

@@ -11,8 +11,9 @@ use rand_chacha::ChaCha8Rng;
 use shieldwall_core::message::{decode, encode};
 use shieldwall_core::verify::{verify_message, verify_request};
 use shieldwall_core::{
-    Action, Authenticator, ClientId, Config, Digest, Ed25519Auth, Event, Message, Principal,
-    Replica, ReplicaId, Reply, Request, SignedRequest, SimAuth, Status,
+    Action, Authenticator, ClientId, Config, Digest, Durability, Ed25519Auth, Event, Message,
+    Principal, Record, Replica, ReplicaId, Reply, Request, SignedRequest, SimAuth, StateSnapshot,
+    Status,
 };
 
 use crate::byzantine::{Byzantine, ReplicaFault};
@@ -54,6 +55,13 @@ enum Payload {
         down_ms: u64,
     },
     Restart(ReplicaId),
+    /// A simulated group sync of `replica`'s disk completes.
+    Synced {
+        replica: ReplicaId,
+        incarnation: u32,
+    },
+    /// Every replica crashes; each restarts after its downtime.
+    CrashAll(Vec<u64>),
     EndFaults,
 }
 
@@ -93,6 +101,48 @@ struct Node {
     auth: Arc<dyn Authenticator>,
     /// Stats of earlier incarnations, folded in at crash time.
     views_entered: u64,
+    /// Durable mode: what survives a crash.
+    disk: SimDisk,
+}
+
+/// A replica's simulated disk (durable mode): records become durable when a simulated group
+/// sync completes; a crash loses the rest, as a torn tail would.
+#[derive(Debug, Default)]
+struct SimDisk {
+    /// The newest saved checkpoint.
+    checkpoint: Option<StateSnapshot>,
+    /// (ticket, key, record, synced)
+    log: Vec<(u64, u64, Record, bool)>,
+    /// A checkpoint save waiting for the records logged before it (ticket to wait for).
+    pending_save: Option<(u64, StateSnapshot)>,
+    /// Whether a sync is scheduled.
+    sync_scheduled: bool,
+}
+
+impl SimDisk {
+    fn save(&mut self, snapshot: StateSnapshot) {
+        let seq = snapshot.checkpoint.seq;
+        self.log.retain(|e| e.1 > seq);
+        self.checkpoint = Some(snapshot);
+    }
+
+    /// Everything logged so far is now durable; the highest ticket.
+    fn sync(&mut self) -> Option<u64> {
+        self.sync_scheduled = false;
+        for e in &mut self.log {
+            e.3 = true;
+        }
+        if let Some((_, snap)) = self.pending_save.take() {
+            self.save(snap);
+        }
+        self.log.iter().map(|e| e.0).max()
+    }
+
+    fn crash(&mut self) {
+        self.log.retain(|e| e.3);
+        self.pending_save = None;
+        self.sync_scheduled = false;
+    }
 }
 
 #[derive(Debug)]
@@ -185,7 +235,10 @@ fn sub_rng(seed: u64, stream: u64) -> ChaCha8Rng {
 
 impl World {
     pub(crate) fn new(scenario: Scenario, params: SimParams) -> Result<World, String> {
-        let cfg = sim_config(params.n, params.fault_model);
+        let mut cfg = sim_config(params.n, params.fault_model);
+        if params.durable || scenario.forces_durable() {
+            cfg.durability = Durability::Durable;
+        }
         cfg.validate().map_err(|e| format!("configuration: {e}"))?;
         let mut plan_rng = sub_rng(params.seed, 1);
         let plan = plan(
@@ -232,6 +285,7 @@ impl World {
                 byzantine,
                 auth,
                 views_entered: 0,
+                disk: SimDisk::default(),
             });
         }
         let client_params = |ops| ClientParams {
@@ -304,6 +358,9 @@ impl World {
                     down_ms: c.down_ms,
                 },
             );
+        }
+        for (t, downs) in &plan.crash_all {
+            self.push(*t, Payload::CrashAll(downs.clone()));
         }
         self.push(plan.fault_end_ms, Payload::EndFaults);
         for c in 0..self.clients.len() {
@@ -484,6 +541,35 @@ impl World {
                 }
                 Action::Reply(reply) => self.send_reply(r, reply),
                 Action::Restore { seq, service } => self.restore(r, seq, &service),
+                Action::Persist {
+                    ticket,
+                    key,
+                    record,
+                } => {
+                    let node = &mut self.nodes[r as usize];
+                    node.disk.log.push((ticket, key, record, false));
+                    if !node.disk.sync_scheduled {
+                        // A group sync: everything logged until it completes goes with it.
+                        node.disk.sync_scheduled = true;
+                        let incarnation = node.incarnation;
+                        let at = self.now_ms + self.net_rng.gen_range(1..=3);
+                        self.push(
+                            at,
+                            Payload::Synced {
+                                replica: r,
+                                incarnation,
+                            },
+                        );
+                    }
+                }
+                Action::SaveCheckpoint(snapshot) => {
+                    let disk = &mut self.nodes[r as usize].disk;
+                    match disk.log.iter().filter(|e| !e.3).map(|e| e.0).max() {
+                        // Saved after the records requested before it.
+                        Some(ticket) => disk.pending_save = Some((ticket, snapshot)),
+                        None => disk.save(snapshot),
+                    }
+                }
             }
         }
     }
@@ -643,6 +729,10 @@ impl World {
         node.incarnation += 1;
         node.tick_at = None;
         node.service = KvService::new();
+        node.disk.crash();
+        if self.params.inject == Some(Injection::LyingDisks) {
+            node.disk = SimDisk::default();
+        }
     }
 
     fn restart(&mut self, r: ReplicaId) {
@@ -655,13 +745,33 @@ impl World {
             return;
         }
         let auth = node.auth.clone();
-        match Replica::restarted(cfg, r, auth, now) {
+        let mut actions = Vec::new();
+        let replica = if cfg.durability == Durability::Durable {
+            let records: Vec<Record> = node.disk.log.iter().map(|e| e.2.clone()).collect();
+            Replica::recover(
+                cfg,
+                r,
+                auth,
+                now,
+                node.disk.checkpoint.clone(),
+                records,
+                &mut actions,
+            )
+            .map_err(|e| e.to_string())
+        } else {
+            Replica::restarted(cfg, r, auth, now).map_err(|e| e.to_string())
+        };
+        match replica {
             Ok(replica) => {
                 if self.params.trace {
-                    eprintln!("{now:>6} r{r} RESTART");
+                    eprintln!(
+                        "{now:>6} r{r} RESTART{}",
+                        if actions.is_empty() { "" } else { " from disk" }
+                    );
                 }
                 node.replica = Some(replica);
                 node.service = KvService::new();
+                self.run_actions(r, actions);
                 self.reschedule_tick(r);
             }
             Err(e) => self
@@ -794,6 +904,26 @@ impl World {
                 }
             }
             Payload::Restart(r) => self.restart(r),
+            Payload::Synced {
+                replica,
+                incarnation,
+            } => {
+                let node = &mut self.nodes[replica as usize];
+                if node.incarnation == incarnation {
+                    if let Some(ticket) = node.disk.sync() {
+                        self.replica_event(replica, Event::Persisted { ticket });
+                    }
+                }
+            }
+            Payload::CrashAll(downs) => {
+                for (r, down_ms) in downs.into_iter().enumerate() {
+                    let r = r as ReplicaId;
+                    if self.nodes[r as usize].replica.is_some() {
+                        self.crash(r);
+                        self.push(self.now_ms + down_ms, Payload::Restart(r));
+                    }
+                }
+            }
             Payload::EndFaults => {
                 self.clean = true;
                 for c in &mut self.clients {

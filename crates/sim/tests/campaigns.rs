@@ -109,12 +109,41 @@ campaigns! {
     reused_seq: ReusedSeq, all;
     client_flood: ClientFlood, all;
     skip_leader: SkipLeader, all;
+    crash_all: CrashAll, all;
+}
+
+/// Durable mode on simulated disks under the scenarios that crash, restart and partition
+/// replicas (half the seeds: the memory-mode campaigns above cover the protocol itself).
+#[test]
+fn durable_mode_under_crashes_and_chaos() {
+    for scenario in [Scenario::CrashRestart, Scenario::Chaos, Scenario::Lossy] {
+        for (n, model) in [(4, FaultModel::Byzantine), (3, FaultModel::Crash)] {
+            let mut base = SimParams::new(0, n, model);
+            base.durable = true;
+            let start = 9_000_000 + u64::from(n) * 100_000;
+            let r = campaign(scenario, start..start + seeds(true), base);
+            eprintln!(
+                "durable {scenario} n={n} {model}: {} runs, {} commits, {} view changes",
+                r.runs, r.commits, r.view_changes
+            );
+            if let Some(f) = r.failures.first() {
+                panic!(
+                    "{} of {} seeds failed; seed {}: {}\n  replay: {}",
+                    r.failures.len(),
+                    r.runs,
+                    f.seed,
+                    f.violations.join("\n    "),
+                    f.replay
+                );
+            }
+        }
+    }
 }
 
 #[test]
 fn every_scenario_has_a_campaign() {
     // Keep the macro list above in step with Scenario::ALL.
-    assert_eq!(Scenario::ALL.len(), 23);
+    assert_eq!(Scenario::ALL.len(), 24);
     for s in Scenario::ALL {
         assert_eq!(Scenario::from_name(s.name()), Some(s));
         assert_eq!(s.applies_to(FaultModel::Crash), s.replica_fault().is_none());

@@ -88,7 +88,12 @@ impl Replica {
                 service: snap.service,
             });
         }
-        for record in records {
+        // View records first: the log holds a slot's records before the view record written
+        // again at a later checkpoint, and the slots need the view they belong to. Each slot
+        // record names its view, so replaying them after the final view is equivalent.
+        let (views, slots): (Vec<Record>, Vec<Record>) =
+            records.into_iter().partition(|rec| rec.seq().is_none());
+        for record in views.into_iter().chain(slots) {
             r.replay(record)?;
             r.out.clear();
         }
