@@ -130,3 +130,17 @@ fn finding7_lagging_leader_fetches_at_once() {
         defaults,
     );
 }
+
+#[test]
+fn finding8_recovered_leader_keeps_its_proposals() {
+    for seed in [96, 104] {
+        check(
+            "finding 8",
+            Scenario::CrashAll,
+            3,
+            FaultModel::Crash,
+            seed,
+            defaults,
+        );
+    }
+}
