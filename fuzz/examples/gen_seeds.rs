@@ -116,7 +116,10 @@ fn messages() -> Vec<(&'static str, Message)> {
     let service = KvService::new().snapshot();
     let clients = ClientTable::default().encode();
     let snapshot = StateSnapshot {
-        checkpoint: checkpoint_cert(64, StateSnapshot::state_digest(&service, &clients)),
+        checkpoint: checkpoint_cert(
+            64,
+            StateSnapshot::state_digest(four_replicas(0).chunk(), &service, &clients),
+        ),
         service,
         clients,
     };
@@ -178,7 +181,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                 FetchReply {
                     view: 0,
                     nonce: 42,
-                    snapshot: Some(snapshot),
+                    snapshot: Some(snapshot.manifest(four_replicas(0).chunk())),
                     batches: vec![CommittedBatch {
                         pre_prepare: pp65.clone(),
                         commits: vec![vote(0, &pp65), vote(1, &pp65), vote(2, &pp65)],

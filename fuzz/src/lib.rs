@@ -7,10 +7,12 @@
 #![forbid(unsafe_code)]
 
 use shieldwall_core::message::{
-    batch_digest, vote_signing_bytes, CheckpointCert, CommittedBatch, Phase, PrePrepare,
-    PreparedCert, Signable, Signed, StateSnapshot, ViewChange, Vote,
+    batch_digest, chunk_count, vote_signing_bytes, CheckpointCert, CommittedBatch, Phase,
+    PrePrepare, PreparedCert, Signable, Signed, SnapshotManifest, ViewChange, Vote,
 };
-use shieldwall_core::{Authenticator, Config, FaultModel, Message, Principal, ReplicaId, SimAuth};
+use shieldwall_core::{
+    Authenticator, Config, Digest, FaultModel, Message, Principal, ReplicaId, SimAuth,
+};
 use shieldwall_kv::resp::ParserLimits;
 use shieldwall_kv::KvLimits;
 
@@ -207,9 +209,12 @@ fn repair_committed_batch(b: &mut CommittedBatch, how: Repair) {
     repair_votes(&mut b.commits, Phase::Commit, expected, how);
 }
 
-fn repair_snapshot(s: &mut StateSnapshot, how: Repair) {
+fn repair_manifest(config: &Config, s: &mut SnapshotManifest, how: Repair) {
     if how.digests {
-        s.checkpoint.state_digest = StateSnapshot::state_digest(&s.service, &s.clients);
+        let total = s.service_len.saturating_add(s.clients_len);
+        let count = chunk_count(config.chunk(), total).min(1 << 16) as usize;
+        s.chunks.resize(count, Digest::default());
+        s.checkpoint.state_digest = s.digest();
     }
     repair_checkpoint_cert(&mut s.checkpoint, how);
 }
@@ -219,7 +224,12 @@ fn repair_snapshot(s: &mut StateSnapshot, how: Repair) {
 pub fn repair(config: &Config, m: &mut Message, how: Repair) {
     match m {
         Message::PrePrepare(s) => repair_batch(&mut s.body, how),
-        Message::Prepare(_) | Message::Commit(_) | Message::Checkpoint(_) | Message::Fetch(_) => {}
+        Message::Prepare(_)
+        | Message::Commit(_)
+        | Message::Checkpoint(_)
+        | Message::Fetch(_)
+        | Message::FetchChunk(_)
+        | Message::Chunk(_) => {}
         Message::ViewChange(s) => repair_view_change(config, &mut s.body, how),
         Message::NewView(s) => {
             let (view, from) = (s.body.view, s.from);
@@ -242,7 +252,7 @@ pub fn repair(config: &Config, m: &mut Message, how: Repair) {
         }
         Message::FetchReply(s) => {
             if let Some(snapshot) = &mut s.body.snapshot {
-                repair_snapshot(snapshot, how);
+                repair_manifest(config, snapshot, how);
             }
             for b in &mut s.body.batches {
                 repair_committed_batch(b, how);
@@ -270,6 +280,8 @@ pub fn repair(config: &Config, m: &mut Message, how: Repair) {
             Message::Fetch(s) => s.sig = sig,
             Message::FetchReply(s) => s.sig = sig,
             Message::Forward(s) => s.sig = sig,
+            Message::FetchChunk(s) => s.sig = sig,
+            Message::Chunk(s) => s.sig = sig,
         }
     }
 }

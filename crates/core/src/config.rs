@@ -116,6 +116,14 @@ pub struct Config {
     /// Memory or durable (write-ahead) mode.
     #[serde(default)]
     pub durability: Durability,
+    /// State transfer moves a snapshot in pieces of this many bytes, each checked on its own
+    /// against the certified state digest (which depends on it: every replica must agree).
+    #[serde(default = "default_state_chunk_bytes")]
+    pub state_chunk_bytes: u32,
+}
+
+fn default_state_chunk_bytes() -> u32 {
+    1 << 20
 }
 
 /// Why a configuration was rejected.
@@ -164,6 +172,7 @@ impl Config {
             pending_max: 100_000,
             fetch_batches_max: 64,
             durability: Durability::Memory,
+            state_chunk_bytes: default_state_chunk_bytes(),
         }
     }
 
@@ -239,7 +248,20 @@ impl Config {
         if self.client_pending_max == 0 || self.pending_max == 0 || self.fetch_batches_max == 0 {
             return invalid("pending limits", "must be positive");
         }
+        if self.state_chunk_bytes == 0
+            || self.state_chunk_bytes as usize > crate::message::MESSAGE_BYTES_MAX / 2
+        {
+            return invalid(
+                "state_chunk_bytes",
+                "must be positive and at most half the message limit",
+            );
+        }
         Ok(())
+    }
+
+    /// Bytes per state-transfer piece.
+    pub fn chunk(&self) -> usize {
+        self.state_chunk_bytes as usize
     }
 
     /// Votes (including the leader's pre-prepare or own vote) that make a batch prepared or

@@ -173,22 +173,142 @@ pub struct StateSnapshot {
 }
 
 impl StateSnapshot {
-    /// The state digest a checkpoint certifies for this state.
-    pub fn state_digest(service: &[u8], clients: &[u8]) -> Digest {
-        Digest::of_parts("shieldwall state v1", &[service, clients])
+    /// The state digest a checkpoint certifies for this state: the digest of its manifest
+    /// (the lengths and the digest of every `chunk`-byte piece of `service ++ clients`), so
+    /// each piece of a transferred snapshot can be checked on its own.
+    pub fn state_digest(chunk: usize, service: &[u8], clients: &[u8]) -> Digest {
+        let chunks = chunk_digests(chunk, service, clients);
+        manifest_digest(service.len() as u64, clients.len() as u64, &chunks)
+    }
+
+    /// The manifest a replica serving this state offers.
+    pub fn manifest(&self, chunk: usize) -> SnapshotManifest {
+        SnapshotManifest {
+            checkpoint: self.checkpoint.clone(),
+            service_len: self.service.len() as u64,
+            clients_len: self.clients.len() as u64,
+            chunks: chunk_digests(chunk, &self.service, &self.clients),
+        }
     }
 }
 
-/// State-transfer reply: a snapshot if the requester is below the sender's stable checkpoint,
-/// then committed batches.
+/// Piece `index` of `service ++ clients` cut in `chunk`-byte pieces (empty past the end).
+pub fn state_chunk(chunk: usize, service: &[u8], clients: &[u8], index: u32) -> Vec<u8> {
+    let total = service.len() + clients.len();
+    let start = (index as usize).saturating_mul(chunk).min(total);
+    let end = start.saturating_add(chunk).min(total);
+    let mut out = Vec::with_capacity(end - start);
+    if start < service.len() {
+        out.extend_from_slice(&service[start..end.min(service.len())]);
+    }
+    if end > service.len() {
+        out.extend_from_slice(
+            &clients[start.max(service.len()) - service.len()..end - service.len()],
+        );
+    }
+    out
+}
+
+/// Number of `chunk`-byte pieces of a `total`-byte state.
+pub fn chunk_count(chunk: usize, total: u64) -> u64 {
+    total.div_ceil(chunk.max(1) as u64)
+}
+
+fn chunk_digest(bytes: &[u8]) -> Digest {
+    Digest::of("shieldwall state chunk v2", bytes)
+}
+
+fn chunk_digests(chunk: usize, service: &[u8], clients: &[u8]) -> Vec<Digest> {
+    let count = chunk_count(chunk, (service.len() + clients.len()) as u64);
+    (0..count)
+        .map(|i| chunk_digest(&state_chunk(chunk, service, clients, i as u32)))
+        .collect()
+}
+
+fn manifest_digest(service_len: u64, clients_len: u64, chunks: &[Digest]) -> Digest {
+    let flat: Vec<u8> = chunks.iter().flat_map(|d| d.0).collect();
+    Digest::of_parts(
+        "shieldwall state v2",
+        &[
+            &service_len.to_le_bytes(),
+            &clients_len.to_le_bytes(),
+            &flat,
+        ],
+    )
+}
+
+/// What a state-transfer reply offers instead of a whole snapshot: the checkpoint, the lengths
+/// and the digest of every piece. Its digest is the certified state digest, so a replica checks
+/// the manifest against the certificate, then each piece against the manifest, and can fetch
+/// the pieces from several peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    /// The stable checkpoint certificate the state matches.
+    pub checkpoint: CheckpointCert,
+    /// Bytes of the service snapshot (first in the piece stream).
+    pub service_len: u64,
+    /// Bytes of the encoded client table (after the service snapshot).
+    pub clients_len: u64,
+    /// Digest of every piece, in order.
+    pub chunks: Vec<Digest>,
+}
+
+impl SnapshotManifest {
+    /// The state digest this manifest stands for.
+    pub fn digest(&self) -> Digest {
+        manifest_digest(self.service_len, self.clients_len, &self.chunks)
+    }
+
+    /// Whether the manifest is well formed for `chunk`-byte pieces and matches its certificate.
+    pub fn is_valid(&self, chunk: usize) -> bool {
+        let Some(total) = self.service_len.checked_add(self.clients_len) else {
+            return false;
+        };
+        chunk_count(chunk, total) == self.chunks.len() as u64
+            && self.digest() == self.checkpoint.state_digest
+    }
+
+    /// Whether `bytes` is piece `index` of this state.
+    pub fn piece_matches(&self, chunk: usize, index: u32, bytes: &[u8]) -> bool {
+        let total = self.service_len + self.clients_len;
+        let start = u64::from(index) * chunk as u64;
+        let expected = total.saturating_sub(start).min(chunk as u64);
+        self.chunks
+            .get(index as usize)
+            .is_some_and(|d| bytes.len() as u64 == expected && chunk_digest(bytes) == *d)
+    }
+}
+
+/// State-transfer request for one piece of the state at stable checkpoint `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchChunk {
+    /// The checkpoint.
+    pub seq: Seq,
+    /// The piece.
+    pub index: u32,
+}
+
+/// One piece of the state at stable checkpoint `seq` (checked against the manifest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// The checkpoint.
+    pub seq: Seq,
+    /// The piece.
+    pub index: u32,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// State-transfer reply: the manifest of the sender's stable state if the requester is below
+/// its stable checkpoint, then committed batches.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchReply {
     /// Sender's view.
     pub view: View,
     /// The request's nonce.
     pub nonce: u64,
-    /// State at the sender's stable checkpoint.
-    pub snapshot: Option<StateSnapshot>,
+    /// Manifest of the state at the sender's stable checkpoint (pieces follow on request).
+    pub snapshot: Option<SnapshotManifest>,
     /// Committed batches in increasing sequence order.
     pub batches: Vec<CommittedBatch>,
 }
@@ -337,6 +457,22 @@ impl Signable for Forward {
     }
 }
 
+impl Signable for FetchChunk {
+    fn signing_bytes(&self) -> Vec<u8> {
+        tagged("fetch_chunk", self)
+    }
+}
+
+impl Signable for Chunk {
+    fn signing_bytes(&self) -> Vec<u8> {
+        // The bytes are checked against the manifest; the signature binds the sender to them.
+        tagged(
+            "chunk",
+            &(self.seq, self.index, Digest::of("chunk", &self.bytes)),
+        )
+    }
+}
+
 impl Signable for FetchReply {
     fn signing_bytes(&self) -> Vec<u8> {
         // Replies are checked against the certificates they carry; the signature only binds
@@ -367,6 +503,10 @@ pub enum Message {
     FetchReply(Signed<FetchReply>),
     /// Client requests relayed to the leader.
     Forward(Signed<Forward>),
+    /// State transfer: a request for one piece of a stable state.
+    FetchChunk(Signed<FetchChunk>),
+    /// State transfer: one piece of a stable state.
+    Chunk(Signed<Chunk>),
 }
 
 impl Message {
@@ -381,6 +521,8 @@ impl Message {
             Message::Fetch(m) => m.from,
             Message::FetchReply(m) => m.from,
             Message::Forward(m) => m.from,
+            Message::FetchChunk(m) => m.from,
+            Message::Chunk(m) => m.from,
         }
     }
 
@@ -396,6 +538,8 @@ impl Message {
             Message::Fetch(_) => "fetch",
             Message::FetchReply(_) => "fetch_reply",
             Message::Forward(_) => "forward",
+            Message::FetchChunk(_) => "fetch_chunk",
+            Message::Chunk(_) => "chunk",
         }
     }
 
@@ -411,6 +555,8 @@ impl Message {
             Message::Fetch(m) => m.body.signing_bytes(),
             Message::FetchReply(m) => m.body.signing_bytes(),
             Message::Forward(m) => m.body.signing_bytes(),
+            Message::FetchChunk(m) => m.body.signing_bytes(),
+            Message::Chunk(m) => m.body.signing_bytes(),
         }
     }
 
@@ -425,6 +571,8 @@ impl Message {
             Message::Fetch(m) => &m.sig,
             Message::FetchReply(m) => &m.sig,
             Message::Forward(m) => &m.sig,
+            Message::FetchChunk(m) => &m.sig,
+            Message::Chunk(m) => &m.sig,
         }
     }
 }

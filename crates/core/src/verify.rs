@@ -194,12 +194,18 @@ pub fn verify_message(
             Ok(())
         }
         Message::Forward(m) => Ok(check_requests(config, auth, &m.body.requests)?),
+        Message::FetchChunk(_) => Ok(()),
+        Message::Chunk(m) => {
+            if m.body.bytes.len() > config.chunk() {
+                return Err(Reject::TooLarge.into());
+            }
+            Ok(())
+        }
         Message::FetchReply(m) => {
             let r = &m.body;
             if let Some(s) = &r.snapshot {
                 check_checkpoint_cert(config, auth, &s.checkpoint)?;
-                let digest = crate::message::StateSnapshot::state_digest(&s.service, &s.clients);
-                if digest != s.checkpoint.state_digest {
+                if !s.is_valid(config.chunk()) {
                     return Err(Reject::BadStateTransfer.into());
                 }
             }

@@ -84,7 +84,7 @@ fn view_of(message: &Message) -> Option<u64> {
         Message::Fetch(m) => m.body.view,
         Message::FetchReply(m) => m.body.view,
         Message::Forward(m) => m.body.view,
-        Message::Checkpoint(_) => return None,
+        Message::Checkpoint(_) | Message::FetchChunk(_) | Message::Chunk(_) => return None,
     })
 }
 
@@ -106,6 +106,8 @@ fn set_sig(message: &mut Message, sig: Vec<u8>) {
         Message::Fetch(m) => m.sig = sig,
         Message::FetchReply(m) => m.sig = sig,
         Message::Forward(m) => m.sig = sig,
+        Message::FetchChunk(m) => m.sig = sig,
+        Message::Chunk(m) => m.sig = sig,
     }
 }
 
@@ -119,6 +121,8 @@ fn set_from(message: &mut Message, from: ReplicaId) {
         Message::Fetch(m) => m.from = from,
         Message::FetchReply(m) => m.from = from,
         Message::Forward(m) => m.from = from,
+        Message::FetchChunk(m) => m.from = from,
+        Message::Chunk(m) => m.from = from,
     }
 }
 
@@ -228,9 +232,12 @@ impl Byzantine {
                 match &mut m {
                     Message::FetchReply(r) => {
                         if let Some(snap) = r.body.snapshot.as_mut() {
-                            let mut forged = KvService::new();
-                            forged.apply(&KvOp::Put(b"k0".to_vec(), b"forged".to_vec()));
-                            snap.service = forged.snapshot();
+                            // A manifest that does not match its certificate.
+                            if let Some(d) = snap.chunks.first_mut() {
+                                *d = self.random_digest();
+                            } else {
+                                snap.service_len += 1;
+                            }
                         }
                         if let Some(b) = r.body.batches.last_mut() {
                             if self.rng.gen_bool(0.5) || b.pre_prepare.batch.is_empty() {
@@ -244,6 +251,17 @@ impl Byzantine {
                     }
                     Message::Checkpoint(c) if self.rng.gen_bool(0.5) => {
                         c.body.state_digest = self.random_digest();
+                    }
+                    Message::Chunk(c) => {
+                        // A forged piece: a state where k0 holds "forged", cut like the real one.
+                        let mut forged = KvService::new();
+                        forged.apply(&KvOp::Put(b"k0".to_vec(), b"forged".to_vec()));
+                        let bytes = forged.snapshot();
+                        c.body.bytes = if self.rng.gen_bool(0.5) {
+                            bytes.into_iter().take(c.body.bytes.len()).collect()
+                        } else {
+                            c.body.bytes.iter().map(|b| b ^ 1).collect()
+                        };
                     }
                     _ => {}
                 }

@@ -224,6 +224,8 @@ pub(crate) fn sim_config(n: u32, model: shieldwall_core::FaultModel) -> Config {
     // Small enough that the client-flood scenario fills it.
     cfg.pending_max = 32;
     cfg.fetch_batches_max = 16;
+    // Small pieces, so every snapshot transfer spans several (and liars can corrupt some).
+    cfg.state_chunk_bytes = 64;
     cfg
 }
 
@@ -1130,6 +1132,17 @@ fn summary(m: &Message) -> String {
             f.from,
             f.body.view,
             reqs(&f.body.requests)
+        ),
+        Message::FetchChunk(f) => format!(
+            "FETCH-CHUNK from {} s{} #{}",
+            f.from, f.body.seq, f.body.index
+        ),
+        Message::Chunk(c) => format!(
+            "CHUNK from {} s{} #{} ({} bytes)",
+            c.from,
+            c.body.seq,
+            c.body.index,
+            c.body.bytes.len()
         ),
     }
 }

@@ -14,7 +14,7 @@ impl Replica {
     /// After executing checkpoint `seq`: record the state and vote for its digest.
     pub(crate) fn take_checkpoint(&mut self, seq: Seq, service: Vec<u8>) {
         let clients = self.clients.encode();
-        let digest = StateSnapshot::state_digest(&service, &clients);
+        let digest = StateSnapshot::state_digest(self.cfg.chunk(), &service, &clients);
         if seq == self.stable.seq && digest == self.stable.state_digest {
             // The checkpoint became stable before we executed it: now we can serve its state.
             self.stable_state = Some((service.clone(), clients.clone()));
@@ -110,6 +110,12 @@ impl Replica {
             return;
         }
         let seq = cert.seq;
+        // Keep serving the state we leave behind to transfers already under way.
+        self.previous_state = self
+            .stable_state
+            .take()
+            .map(|(service, clients)| (self.stable.seq, service, clients));
+        self.stable_manifest = None;
         self.stable_state = match self.own_checkpoints.get(&seq) {
             Some((d, service, clients)) if *d == cert.state_digest => {
                 Some((service.clone(), clients.clone()))

@@ -117,6 +117,18 @@ impl Recovery {
     }
 }
 
+/// A snapshot being fetched piece by piece (checked against its manifest).
+#[derive(Clone, Debug)]
+pub(crate) struct Transfer {
+    pub(crate) manifest: crate::message::SnapshotManifest,
+    pub(crate) pieces: Vec<Option<Vec<u8>>>,
+    pub(crate) missing: usize,
+    /// Pieces asked for: from whom, and until when.
+    pub(crate) asked: BTreeMap<u32, (ReplicaId, u64)>,
+    pub(crate) next_peer: ReplicaId,
+    pub(crate) last_progress_ms: u64,
+}
+
 /// An outstanding state-transfer request.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FetchState {
@@ -176,6 +188,13 @@ pub struct Replica {
     pub(crate) fetch: Option<FetchState>,
     pub(crate) fetch_target: Seq,
     pub(crate) last_fetch_peer: ReplicaId,
+    /// A snapshot being fetched in pieces.
+    pub(crate) transfer: Option<Transfer>,
+    /// The manifest of the stable state (computed on the first request for it).
+    pub(crate) stable_manifest: Option<crate::message::SnapshotManifest>,
+    /// The previous stable state, still served to transfers that started before the last
+    /// checkpoint became stable: (checkpoint, service, clients).
+    pub(crate) previous_state: Option<(Seq, Vec<u8>, Vec<u8>)>,
 
     // Durable mode (ADR 007).
     /// Tickets handed out by `persist`.
@@ -262,6 +281,9 @@ impl Replica {
             fetch: None,
             fetch_target: 0,
             last_fetch_peer: id,
+            transfer: None,
+            stable_manifest: None,
+            previous_state: None,
             tickets_issued: 0,
             tickets_persisted: 0,
             tickets_emitted: 0,
@@ -375,6 +397,7 @@ impl Replica {
             self.forward_deadline(),
             self.vc_deadline_ms,
             self.fetch_deadline(),
+            self.transfer_deadline(),
             self.checkpoint_resend_deadline(),
         ]
         .into_iter()
@@ -459,6 +482,8 @@ impl Replica {
             Message::Fetch(f) => self.on_fetch(f),
             Message::FetchReply(r) => self.on_fetch_reply(r),
             Message::Forward(f) => self.on_forward(f),
+            Message::FetchChunk(f) => self.on_fetch_chunk(f),
+            Message::Chunk(c) => self.on_chunk(c),
         }
     }
 
@@ -466,6 +491,7 @@ impl Replica {
         self.tick_view_change();
         self.tick_requests();
         self.tick_fetch();
+        self.tick_transfer();
         self.tick_checkpoints();
     }
 }

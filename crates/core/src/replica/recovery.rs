@@ -64,7 +64,7 @@ impl Replica {
         let mut restore = None;
         if let Some(snap) = checkpoint {
             let seq = snap.checkpoint.seq;
-            let digest = StateSnapshot::state_digest(&snap.service, &snap.clients);
+            let digest = StateSnapshot::state_digest(r.cfg.chunk(), &snap.service, &snap.clients);
             if digest != snap.checkpoint.state_digest {
                 return Err(RecoverError::BadCheckpoint {
                     seq,

@@ -1,11 +1,18 @@
 //! State transfer (PBFT 5.3.2, simplified): a replica that is behind asks one peer at a time
-//! for the state at its stable checkpoint and the committed batches after it, checks every
-//! piece against its certificate (done by `verify`), and moves to the next peer when one does
-//! not help in time.
+//! for the committed batches it misses, or for the manifest of the peer's stable state when it
+//! is below that checkpoint; checks every piece against its certificate (done by `verify`); and
+//! moves to the next peer when one does not help in time. A snapshot travels in fixed-size
+//! pieces fetched from all peers in turn, a few at a time, each checked against the manifest
+//! (whose digest is the certified state digest), so memory holds the state being rebuilt plus
+//! a bounded number of pieces in flight, and a peer that lies or stays silent only costs a
+//! retry elsewhere.
 
-use super::{FetchState, Replica};
+use super::{FetchState, Replica, Transfer};
 use crate::client_table::ClientTable;
-use crate::message::{Fetch, FetchReply, Message, Record, Signable, Signed, StateSnapshot};
+use crate::message::{
+    state_chunk, Chunk, Fetch, FetchChunk, FetchReply, Message, Record, Signable, Signed,
+    SnapshotManifest, StateSnapshot,
+};
 use crate::types::{ReplicaId, Seq};
 use crate::verify::Reject;
 use crate::Action;
@@ -61,7 +68,7 @@ impl Replica {
     }
 
     pub(crate) fn fetch_deadline(&self) -> Option<u64> {
-        if !self.behind() {
+        if !self.behind() || self.transfer.is_some() {
             return None;
         }
         Some(match self.fetch {
@@ -94,16 +101,10 @@ impl Replica {
             }
         }
         let mut from = f.body.executed;
-        let snapshot = match &self.stable_state {
-            Some((service, clients)) if from < self.stable.seq => {
-                from = self.stable.seq;
-                Some(StateSnapshot {
-                    checkpoint: self.stable.clone(),
-                    service: service.clone(),
-                    clients: clients.clone(),
-                })
-            }
-            _ => None,
+        let snapshot = if from < self.stable.seq {
+            self.stable_manifest().inspect(|_| from = self.stable.seq)
+        } else {
+            None
         };
         let batches = (from + 1..)
             .map_while(|s| self.slots.get(&s).and_then(|slot| slot.committed.clone()))
@@ -136,10 +137,8 @@ impl Replica {
             }
         }
         let before = self.last_executed;
-        if let Some(snap) = reply.snapshot {
-            if snap.checkpoint.seq > self.last_executed {
-                self.install_snapshot(snap);
-            }
+        if let Some(manifest) = reply.snapshot {
+            self.start_transfer(from, manifest);
         }
         for b in reply.batches {
             let seq = b.pre_prepare.seq;
@@ -164,6 +163,181 @@ impl Replica {
         } else if useful && self.fetch.is_some_and(|f| f.peer == from) {
             // This peer helps: ask it for the next part right away.
             self.send_fetch(from);
+        }
+    }
+
+    /// The manifest of our stable state, if we hold that state (computed once per checkpoint).
+    fn stable_manifest(&mut self) -> Option<SnapshotManifest> {
+        if self.stable_manifest.is_none() {
+            let (service, clients) = self.stable_state.as_ref()?;
+            let snap = StateSnapshot {
+                checkpoint: self.stable.clone(),
+                service: service.clone(),
+                clients: clients.clone(),
+            };
+            self.stable_manifest = Some(snap.manifest(self.cfg.chunk()));
+        }
+        self.stable_manifest.clone()
+    }
+
+    /// A peer offered the state at its stable checkpoint: fetch it piece by piece if it is
+    /// ahead of us and of any transfer under way.
+    fn start_transfer(&mut self, from: ReplicaId, manifest: SnapshotManifest) {
+        let seq = manifest.checkpoint.seq;
+        if seq <= self.last_executed
+            || self
+                .transfer
+                .as_ref()
+                .is_some_and(|t| t.manifest.checkpoint.seq >= seq)
+        {
+            return;
+        }
+        let count = manifest.chunks.len();
+        self.transfer = Some(Transfer {
+            manifest,
+            pieces: vec![None; count],
+            missing: count,
+            asked: Default::default(),
+            next_peer: from,
+            last_progress_ms: self.now_ms,
+        });
+        self.fetch = None;
+        self.request_pieces();
+    }
+
+    /// Keep a few pieces in flight, each asked of the next peer in turn.
+    fn request_pieces(&mut self) {
+        const IN_FLIGHT: usize = 4;
+        let (n, me, deadline) = (self.cfg.n, self.id, self.now_ms + self.cfg.fetch_timeout_ms);
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        if t.missing == 0 {
+            self.finish_transfer();
+            return;
+        }
+        let seq = t.manifest.checkpoint.seq;
+        let mut asks = Vec::new();
+        for index in 0..t.pieces.len() as u32 {
+            if t.asked.len() >= IN_FLIGHT {
+                break;
+            }
+            if t.pieces[index as usize].is_some() || t.asked.contains_key(&index) {
+                continue;
+            }
+            let peer = t.next_peer;
+            t.next_peer = (t.next_peer + 1) % n;
+            if t.next_peer == me {
+                t.next_peer = (t.next_peer + 1) % n;
+            }
+            t.asked.insert(index, (peer, deadline));
+            asks.push((peer, index));
+        }
+        for (peer, index) in asks {
+            let body = FetchChunk { seq, index };
+            let sig = self.sign_bytes(&body.signing_bytes());
+            let from = self.id;
+            self.send(peer, Message::FetchChunk(Signed { from, body, sig }));
+        }
+    }
+
+    pub(crate) fn transfer_deadline(&self) -> Option<u64> {
+        let t = self.transfer.as_ref()?;
+        let stalled = t.last_progress_ms + 4 * self.cfg.fetch_timeout_ms;
+        Some(
+            t.asked
+                .values()
+                .map(|(_, d)| *d)
+                .min()
+                .unwrap_or(stalled)
+                .min(stalled),
+        )
+    }
+
+    /// Pieces not delivered in time are asked of the next peer; a transfer that makes no
+    /// progress at all (every peer moved past that checkpoint) starts over with a new fetch.
+    pub(crate) fn tick_transfer(&mut self) {
+        let now = self.now_ms;
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        if now >= t.last_progress_ms + 4 * self.cfg.fetch_timeout_ms {
+            self.transfer = None;
+            self.start_fetch();
+            return;
+        }
+        let before = t.asked.len();
+        t.asked.retain(|_, (_, deadline)| *deadline > now);
+        if t.asked.len() < before {
+            self.request_pieces();
+        }
+    }
+
+    pub(crate) fn on_fetch_chunk(&mut self, f: Signed<FetchChunk>) {
+        let FetchChunk { seq, index } = f.body;
+        let chunk = self.cfg.chunk();
+        let bytes = match (&self.stable_state, &self.previous_state) {
+            (Some((service, clients)), _) if self.stable.seq == seq => {
+                state_chunk(chunk, service, clients, index)
+            }
+            (_, Some((s, service, clients))) if *s == seq => {
+                state_chunk(chunk, service, clients, index)
+            }
+            _ => return,
+        };
+        let body = Chunk { seq, index, bytes };
+        let sig = self.sign_bytes(&body.signing_bytes());
+        let from = self.id;
+        self.send(f.from, Message::Chunk(Signed { from, body, sig }));
+    }
+
+    pub(crate) fn on_chunk(&mut self, c: Signed<Chunk>) {
+        let chunk = self.cfg.chunk();
+        let now = self.now_ms;
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
+        let Chunk { seq, index, bytes } = c.body;
+        if seq != t.manifest.checkpoint.seq
+            || t.pieces.get(index as usize).is_none_or(Option::is_some)
+        {
+            return;
+        }
+        if !t.manifest.piece_matches(chunk, index, &bytes) {
+            // A lying (or confused) peer: ask someone else at once.
+            t.asked.remove(&index);
+            self.reject(Reject::BadStateTransfer);
+            self.request_pieces();
+            return;
+        }
+        t.pieces[index as usize] = Some(bytes);
+        t.missing -= 1;
+        t.asked.remove(&index);
+        t.last_progress_ms = now;
+        self.request_pieces();
+    }
+
+    /// Every piece is in and checked: install the state.
+    fn finish_transfer(&mut self) {
+        let Some(t) = self.transfer.take() else {
+            return;
+        };
+        let service_len = t.manifest.service_len as usize;
+        let mut all = Vec::with_capacity(service_len + t.manifest.clients_len as usize);
+        for piece in t.pieces.into_iter().flatten() {
+            all.extend_from_slice(&piece);
+        }
+        let clients = all.split_off(service_len.min(all.len()));
+        if t.manifest.checkpoint.seq > self.last_executed {
+            self.install_snapshot(StateSnapshot {
+                checkpoint: t.manifest.checkpoint,
+                service: all,
+                clients,
+            });
+        }
+        self.try_execute();
+        if self.behind() {
+            self.start_fetch();
         }
     }
 

@@ -75,6 +75,10 @@ struct Cluster {
     disks: Vec<Disk>,
     /// Replicas whose disk reports nothing durable until `sync`.
     sync_held: Vec<ReplicaId>,
+    /// A replica whose state-transfer pieces are corrupted (and re-signed with its key).
+    tamper_chunks: Option<ReplicaId>,
+    /// Largest number of pieces one replica had asked for and not received, seen at any step.
+    pieces_in_flight_max: usize,
 }
 
 /// A replica's disk in durable mode: the newest saved checkpoint and the log after it.
@@ -104,6 +108,8 @@ impl Cluster {
             now: 0,
             disks: vec![Disk::default(); n as usize],
             sync_held: Vec::new(),
+            tamper_chunks: None,
+            pieces_in_flight_max: 0,
         }
     }
 
@@ -241,6 +247,17 @@ impl Cluster {
             let from = m.from();
             if !self.up[from as usize] || self.drop.contains(&(to, m.kind())) {
                 continue;
+            }
+            let mut m = m;
+            if let Message::Chunk(c) = &mut m {
+                if self.tamper_chunks == Some(from) {
+                    c.body.bytes.iter_mut().for_each(|b| *b ^= 0x55);
+                    c.sig = auth(Principal::Replica(from)).sign(&c.body.signing_bytes());
+                }
+            }
+            for r in &self.replicas {
+                let asked = r.transfer.as_ref().map_or(0, |t| t.asked.len());
+                self.pieces_in_flight_max = self.pieces_in_flight_max.max(asked);
             }
             let a = auth(Principal::Replica(to));
             match verify_message(&self.cfg, a.as_ref(), &m) {
@@ -1179,4 +1196,42 @@ fn replica_restarted_during_a_view_change_asks_for_the_same_view_again() {
     c.run_until(c.now + 2_000);
     assert!(c.replicas[1..].iter().all(|r| r.last_executed() == 2));
     c.assert_agreement();
+}
+
+#[test]
+fn a_snapshot_travels_in_checked_pieces_and_a_lying_peer_only_costs_retries() {
+    let mut c = Cluster::new(4, FaultModel::Byzantine);
+    c.cfg.state_chunk_bytes = 8;
+    c.replicas = (0..4)
+        .map(|i| Replica::new(c.cfg.clone(), i, auth(Principal::Replica(i))).unwrap())
+        .collect();
+    c.tamper_chunks = Some(1);
+    c.up[3] = false;
+    for s in 1..=13 {
+        c.submit(request(1, s, b"some longer operation bytes"));
+    }
+    assert_eq!(c.replicas[0].stable_checkpoint(), 12);
+    c.up[3] = true;
+    c.submit(request(1, 14, b"w"));
+    c.run_until(2_000);
+    let r3 = &c.replicas[3];
+    assert_eq!(r3.last_executed(), 14);
+    assert_eq!(r3.stats().snapshots_installed, 1);
+    assert!(
+        r3.stats()
+            .rejected
+            .get("bad_state_transfer")
+            .is_some_and(|n| *n >= 1),
+        "replica 1's forged pieces were refused: {:?}",
+        r3.stats().rejected
+    );
+    assert_eq!(
+        c.services[3].0, c.services[0].0,
+        "same state after transfer"
+    );
+    assert!(
+        c.pieces_in_flight_max <= 4,
+        "pieces in flight bounded: {}",
+        c.pieces_in_flight_max
+    );
 }
