@@ -183,12 +183,7 @@ impl StateSnapshot {
 
     /// The manifest a replica serving this state offers.
     pub fn manifest(&self, chunk: usize) -> SnapshotManifest {
-        SnapshotManifest {
-            checkpoint: self.checkpoint.clone(),
-            service_len: self.service.len() as u64,
-            clients_len: self.clients.len() as u64,
-            chunks: chunk_digests(chunk, &self.service, &self.clients),
-        }
+        SnapshotManifest::of(self.checkpoint.clone(), chunk, &self.service, &self.clients)
     }
 }
 
@@ -254,6 +249,21 @@ pub struct SnapshotManifest {
 }
 
 impl SnapshotManifest {
+    /// The manifest of the state `service ++ clients` certified by `checkpoint`.
+    pub fn of(
+        checkpoint: CheckpointCert,
+        chunk: usize,
+        service: &[u8],
+        clients: &[u8],
+    ) -> SnapshotManifest {
+        SnapshotManifest {
+            checkpoint,
+            service_len: service.len() as u64,
+            clients_len: clients.len() as u64,
+            chunks: chunk_digests(chunk, service, clients),
+        }
+    }
+
     /// The state digest this manifest stands for.
     pub fn digest(&self) -> Digest {
         manifest_digest(self.service_len, self.clients_len, &self.chunks)

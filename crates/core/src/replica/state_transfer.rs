@@ -170,12 +170,12 @@ impl Replica {
     fn stable_manifest(&mut self) -> Option<SnapshotManifest> {
         if self.stable_manifest.is_none() {
             let (service, clients) = self.stable_state.as_ref()?;
-            let snap = StateSnapshot {
-                checkpoint: self.stable.clone(),
-                service: service.clone(),
-                clients: clients.clone(),
-            };
-            self.stable_manifest = Some(snap.manifest(self.cfg.chunk()));
+            self.stable_manifest = Some(SnapshotManifest::of(
+                self.stable.clone(),
+                self.cfg.chunk(),
+                service,
+                clients,
+            ));
         }
         self.stable_manifest.clone()
     }
