@@ -484,6 +484,10 @@ impl World {
                 }
                 Action::Reply(reply) => self.send_reply(r, reply),
                 Action::Restore { seq, service } => self.restore(r, seq, &service),
+                // `sim_config` runs the engine in memory mode, which never emits these (durable
+                // mode is tested in core against an in-memory disk, and by the node's
+                // real-process tests); simulating durable replicas is not done yet.
+                Action::Persist { .. } | Action::SaveCheckpoint(_) => {}
             }
         }
     }
