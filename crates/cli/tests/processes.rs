@@ -757,3 +757,106 @@ fn durable_replica_with_a_wiped_data_directory_rejoins_by_state_transfer() {
         assert!(s.stable_checkpoint >= 16, "fetched a checkpoint: {s:?}");
     }
 }
+
+/// Durable mode: damage in the write-ahead log that a crash cannot leave (a bad record with
+/// valid ones after it) stops the replica at start-up with a non-zero exit, naming the file
+/// and offset; it never starts on a log it cannot trust.
+#[test]
+fn durable_replica_refuses_to_start_on_a_corrupt_log() {
+    let _serial = serial();
+    let mut c = TestCluster::with_durability(4, "byzantine", "durable", DURABLE_SETTINGS);
+    c.start_all();
+    library_workload(&c, "a", 2, 10);
+    c.kill(3);
+    let wal = c.data_dir(3).join("wal");
+    let segment = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // Inside the first record's payload (24-byte segment header, 16-byte record header).
+    assert!(bytes.len() > 200, "the log holds records");
+    bytes[24 + 16 + 2] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    c.start(3);
+    let status = c.wait_exit(3, Duration::from_secs(30));
+    assert!(!status.success(), "{status}");
+    let log = c.log(3);
+    let name = segment.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        log.contains("corrupt") && log.contains(&name) && log.contains("offset 24"),
+        "the error names the file and offset: {}",
+        log.lines().last().unwrap_or_default()
+    );
+}
+
+/// `local --durability durable --data DIR`, stopped and run again with the same DIR, reuses
+/// the cluster (file, keys, addresses) and its replicas recover what was written.
+#[test]
+fn local_durable_cluster_restarts_from_its_data_directory() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("local");
+    let run = |round: u32| {
+        let resp = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let log_path = dir.path().join(format!("local-{round}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = std::process::Command::new(bin())
+            .args(["local", "--durability", "durable", "--resp", &resp])
+            .args(["--for", "120s", "--data"])
+            .arg(&data)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let show_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        wait_for("the RESP front of `local`", Duration::from_secs(60), || {
+            std::net::TcpStream::connect(&resp).is_ok() || child.try_wait().unwrap().is_some()
+        });
+        assert!(child.try_wait().unwrap().is_none(), "{}", show_log());
+        let client = redis::Client::open(format!("redis://{resp}/")).unwrap();
+        let mut con = client.get_connection().unwrap();
+        if round == 0 {
+            let _: () = con.set("kept", "across restarts").unwrap();
+            assert!(show_log().contains("durable durability"), "{}", show_log());
+        } else {
+            let v: String = con.get("kept").unwrap();
+            assert_eq!(v, "across restarts");
+            assert!(show_log().contains("reused the cluster"), "{}", show_log());
+        }
+        drop(con);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let mut exit = None;
+        wait_for("local to stop", Duration::from_secs(30), || {
+            exit = child.try_wait().unwrap();
+            exit.is_some()
+        });
+        assert!(exit.unwrap().success(), "{}", show_log());
+    };
+    run(0);
+    run(1);
+    // A memory-mode cluster directory is refused, with the reason.
+    let memory = dir.path().join("memory");
+    let out = std::process::Command::new(bin())
+        .args(["keygen", "--replicas", "4", "--out"])
+        .arg(&memory)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = std::process::Command::new(bin())
+        .args(["local", "--for", "1s", "--data"])
+        .arg(&memory)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("memory-mode"),
+        "{text}"
+    );
+}

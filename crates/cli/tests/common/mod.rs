@@ -176,6 +176,20 @@ impl TestCluster {
         }
     }
 
+    /// Wait up to `timeout` for replica `i` to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, i: u32, timeout: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        let child = self.procs[i as usize]
+            .as_mut()
+            .expect("replica not running");
+        wait_for("the replica to exit", timeout, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        self.procs[i as usize] = None;
+        status.unwrap()
+    }
+
     /// Replica `i`'s data directory (`node`'s default: `data-<i>` next to the cluster file).
     pub fn data_dir(&self, i: u32) -> PathBuf {
         self.dir.path().join(format!("data-{i}"))

@@ -245,3 +245,47 @@ impl Storage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_data_directory_holds_nothing_to_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_storage, on_disk) = open(dir.path()).unwrap();
+        assert!(on_disk.is_empty());
+        assert!(dir.path().join("wal").is_dir());
+        assert!(dir.path().join("snapshots").is_dir());
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_is_fatal_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        {
+            let (mut wal, _) = Wal::open(RealFs, &wal_dir, WalOptions::default()).unwrap();
+            // Checksummed, so not a torn tail: bytes that are no Record.
+            wal.append(5, &[0xff; 7]).unwrap();
+            wal.sync().unwrap();
+        }
+        let err = open(dir.path()).err().unwrap();
+        assert!(err.contains(&wal_dir.display().to_string()), "{err}");
+        assert!(
+            err.contains("LSN 1") && err.contains("does not decode"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_that_does_not_decode_is_fatal_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = SnapshotStore::open(RealFs, dir.path().join("snapshots")).unwrap();
+            store.save(16, b"not a state snapshot").unwrap();
+        }
+        let err = open(dir.path()).err().unwrap();
+        assert!(err.contains(&snapshot_file_name(16)), "{err}");
+        assert!(err.contains("does not decode"), "{err}");
+    }
+}
