@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
-use shieldwall_core::{Config, FaultModel, Principal};
+use shieldwall_core::{Config, Durability, FaultModel, Principal};
 use shieldwall_crypto::{client_id, KeyPair};
 use shieldwall_node::{ClusterConfig, ProtocolOverrides, ReplicaEntry};
 
@@ -16,6 +16,11 @@ pub struct KeygenArgs {
     /// byzantine (n >= 3f+1) or crash (n >= 2f+1).
     #[arg(long, default_value = "byzantine")]
     pub fault_model: FaultModel,
+    /// memory (state in RAM; a replica restarted alone recovers it from its peers) or durable
+    /// (each replica keeps a write-ahead log and checkpoints in its data directory and
+    /// recovers from them, so a cluster survives all of its replicas stopping at once).
+    #[arg(long, default_value = "memory")]
+    pub durability: Durability,
     /// Directory for cluster.toml and the key files (created if missing; existing files are
     /// never overwritten).
     #[arg(long)]
@@ -62,6 +67,7 @@ pub fn keygen(args: &KeygenArgs) -> Result<Generated, String> {
         ));
     }
     let mut protocol = Config::for_replicas(n, args.fault_model);
+    protocol.durability = args.durability;
     ProtocolOverrides::from_settings(&args.protocol)
         .map_err(|e| format!("--protocol: {e}"))?
         .apply(&mut protocol);
@@ -168,6 +174,7 @@ mod tests {
         KeygenArgs {
             replicas: 4,
             fault_model: FaultModel::Byzantine,
+            durability: Durability::Memory,
             out: out.to_path_buf(),
             host: vec!["127.0.0.1".into()],
             port: 7000,
@@ -222,5 +229,11 @@ mod tests {
         let g = keygen(&a).unwrap();
         assert_eq!(g.cluster.protocol.f, 1);
         assert_eq!(g.cluster.replicas[2].address, "c:3");
+        assert_eq!(g.cluster.protocol.durability, Durability::Memory);
+        a.out = dir.path().join("y");
+        a.durability = Durability::Durable;
+        let g = keygen(&a).unwrap();
+        let c = ClusterConfig::load(&g.cluster_file).unwrap();
+        assert_eq!(c.protocol.durability, Durability::Durable);
     }
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use shieldwall_core::{Config, FaultModel};
-use shieldwall_node::{ClientOptions, ProtocolOverrides};
+use shieldwall_core::{Config, Durability, FaultModel};
+use shieldwall_node::{ClientOptions, ClusterConfig, ProtocolOverrides};
 use tokio::net::TcpListener;
 
 /// How to run the local cluster.
@@ -24,9 +24,15 @@ pub struct LocalArgs {
     /// Address of the RESP (Redis protocol) front.
     #[arg(long, default_value = "127.0.0.1:6379")]
     pub resp: String,
-    /// Keep the cluster file, keys and logs in this (new or empty) directory instead of a
-    /// temporary one that is removed at exit.
+    /// memory (default) or durable: each replica keeps a write-ahead log and checkpoints in
+    /// `data-<id>` under the cluster's directory and recovers from them after a restart.
     #[arg(long)]
+    pub durability: Option<Durability>,
+    /// Keep the cluster file, keys, logs and the replicas' data in this directory instead of
+    /// a temporary one that is removed at exit. A directory that already holds a durable
+    /// cluster is reused as it is (same cluster file, keys and addresses; the replicas recover
+    /// their state); a memory-mode cluster cannot be restarted.
+    #[arg(long = "data", visible_alias = "dir")]
     pub dir: Option<PathBuf>,
     /// Stop by itself after this long (`90s`, `5m`, `500ms`); default: until Ctrl-C.
     #[arg(long = "for", value_parser = crate::parse_duration)]
@@ -105,16 +111,7 @@ fn tail(path: &Path, lines: usize) -> String {
 
 pub fn run(args: LocalArgs) -> Result<(), String> {
     let (dir, _temp) = match &args.dir {
-        Some(d) => {
-            if d.join("cluster.toml").exists() {
-                return Err(format!(
-                    "{} already holds a cluster; memory-mode clusters cannot be restarted from \
-                     it (choose a new directory)",
-                    d.display()
-                ));
-            }
-            (d.clone(), None)
-        }
+        Some(d) => (d.clone(), None),
         None => {
             let t = tempfile::Builder::new()
                 .prefix("shieldwall-local-")
@@ -123,24 +120,44 @@ pub fn run(args: LocalArgs) -> Result<(), String> {
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let n = args.replicas;
-    let mut protocol = Config::for_replicas(n, args.fault_model);
-    ProtocolOverrides::from_settings(&args.protocol)
-        .map_err(|e| format!("--protocol: {e}"))?
-        .apply(&mut protocol);
-    protocol.validate().map_err(|e| e.to_string())?;
-    let ports = free_ports(2 * n as usize)?;
-    let addresses = (0..n as usize)
-        .map(|i| {
-            (
-                format!("127.0.0.1:{}", ports[2 * i]),
-                Some(format!("127.0.0.1:{}", ports[2 * i + 1])),
-            )
-        })
-        .collect();
-    let generated = crate::keygen::generate(protocol, addresses, 4, &dir)?;
-    let cluster = generated.cluster;
-    let config_path = generated.cluster_file;
+    let existing = dir.join("cluster.toml");
+    let (cluster, config_path, reused) = if existing.exists() {
+        let cluster = ClusterConfig::load(&existing).map_err(|e| e.to_string())?;
+        if cluster.protocol.durability != Durability::Durable {
+            return Err(format!(
+                "{} already holds a memory-mode cluster, which cannot be restarted from it \
+                 (choose a new directory)",
+                dir.display()
+            ));
+        }
+        if let Some(d) = args.durability.filter(|d| *d != Durability::Durable) {
+            return Err(format!(
+                "{} holds a durable cluster; --durability {d} does not match it",
+                dir.display()
+            ));
+        }
+        (cluster, existing, true)
+    } else {
+        let n = args.replicas;
+        let mut protocol = Config::for_replicas(n, args.fault_model);
+        protocol.durability = args.durability.unwrap_or_default();
+        ProtocolOverrides::from_settings(&args.protocol)
+            .map_err(|e| format!("--protocol: {e}"))?
+            .apply(&mut protocol);
+        protocol.validate().map_err(|e| e.to_string())?;
+        let ports = free_ports(2 * n as usize)?;
+        let addresses = (0..n as usize)
+            .map(|i| {
+                (
+                    format!("127.0.0.1:{}", ports[2 * i]),
+                    Some(format!("127.0.0.1:{}", ports[2 * i + 1])),
+                )
+            })
+            .collect();
+        let generated = crate::keygen::generate(protocol, addresses, 4, &dir)?;
+        (generated.cluster, generated.cluster_file, false)
+    };
+    let n = cluster.n();
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
 
     let children = Arc::new(Children {
@@ -148,7 +165,10 @@ pub fn run(args: LocalArgs) -> Result<(), String> {
     });
     for i in 0..n {
         let log_path = dir.join(format!("replica-{i}.log"));
-        let log = std::fs::File::create(&log_path)
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
             .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
         let err = log.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(&exe)
@@ -202,9 +222,15 @@ pub fn run(args: LocalArgs) -> Result<(), String> {
         let options = ClientOptions::from_key_file(&cluster, 0).map_err(|e| e.to_string())?;
         let f = cluster.protocol.f;
         println!(
-            "shieldwall: {n} replicas, {} mode (tolerates f={f}), memory durability",
-            cluster.protocol.fault_model
+            "shieldwall: {n} replicas, {} mode (tolerates f={f}), {} durability",
+            cluster.protocol.fault_model, cluster.protocol.durability
         );
+        if reused {
+            println!(
+                "  reused the cluster in {} (its replicas recovered their saved state)",
+                dir.display()
+            );
+        }
         println!(
             "  RESP front   {resp}      try: redis-cli -p {} set hello world",
             resp.port()

@@ -22,8 +22,10 @@ pub struct NodeArgs {
     #[arg(long)]
     pub key: Option<PathBuf>,
     /// Directory for this replica's files (default: data-<id> next to the cluster file).
-    /// In memory mode it holds only a marker that tells a restart from the cluster's first
-    /// start: a restarted replica recovers its state from its peers before it votes again.
+    /// It holds a marker that tells a restart from the cluster's first start; in durable mode
+    /// also the write-ahead log (`wal/`) and the stable checkpoints (`snapshots/`), from which
+    /// a restarted replica recovers. A replica that ran before but has no saved state (memory
+    /// mode, or a wiped disk) recovers its state from its peers before it votes again.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Listen on this address instead of the cluster file's (e.g. 0.0.0.0:7000).
@@ -70,13 +72,14 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         .unwrap_or_else(|| cluster.dir.join(format!("data-{}", args.id)));
     let mut options = ReplicaOptions::new(args.id, keys);
     options.restarted = restarted(&data)?;
+    options.data_dir = Some(data.clone());
     options.listen = args.listen.clone();
     options.http_listen = args.http_listen.clone();
     if let Some(t) = args.verify_threads {
         options.verify_threads = t;
     }
     if options.restarted {
-        info!(data = %data.display(), "this replica ran before: recovering its state from its peers");
+        info!(data = %data.display(), durability = %cluster.protocol.durability, "this replica ran before");
     }
     let server = ReplicaServer::start(&cluster, options, Box::new(KvService::new()))
         .map_err(|e| e.to_string())?;

@@ -597,3 +597,266 @@ fn status_reports_a_lost_quorum() {
     assert!(!out.status.success(), "1 of 3 is not a quorum: {text}");
     assert!(text.contains("NOT ENOUGH"), "{text}");
 }
+
+/// Protocol settings of the durable tests: checkpoints (and so snapshot saves and log
+/// compaction) every 16 batches, and timeouts short enough that a view change after the
+/// restart costs about a second.
+const DURABLE_SETTINGS: &[&str] = &[
+    "checkpoint_interval=16",
+    "watermark_window=64",
+    "request_timeout_ms=1000",
+    "view_change_timeout_ms=1000",
+];
+
+/// Durable mode: `kill -9` of every replica at once, with writes in flight, loses no
+/// acknowledged write. The replicas restart from their data directories (checkpoint and
+/// write-ahead log), every acknowledged value reads back, and the cluster takes new writes.
+#[test]
+fn durable_cluster_survives_killing_every_replica_mid_workload() {
+    let _serial = serial();
+    let mut c = TestCluster::with_durability(4, "byzantine", "durable", DURABLE_SETTINGS);
+    c.start_all();
+    let client = c.client(1);
+    let acked = std::sync::Arc::new(Mutex::new(BTreeMap::new()));
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let client = client.clone();
+            let acked = acked.clone();
+            c.rt.spawn(async move {
+                for i in 0.. {
+                    let (key, value) = (format!("k{w}-{i}"), format!("v{w}.{i}"));
+                    // Once the replicas die a write fails or hangs until the task is aborted.
+                    let Ok(r) = client.invoke(set(&key, &value)).await else {
+                        return;
+                    };
+                    assert_eq!(reply(&r), KvReply::Ok);
+                    acked.lock().unwrap().insert(key, value);
+                }
+            })
+        })
+        .collect();
+    drop(client);
+    wait_for("300 acknowledged writes", Duration::from_secs(60), || {
+        acked.lock().unwrap().len() >= 300
+    });
+    let syncs = c.metric(0, "shieldwall_storage_syncs_total", "");
+    let records = c.metric(0, "shieldwall_storage_records_total", "");
+    assert!(
+        syncs > 0.0 && records >= syncs,
+        "{syncs} syncs, {records} records"
+    );
+    assert!(c.metric(0, "shieldwall_storage_sync_latency_seconds_count", "") > 0.0);
+    assert!(c.metrics(0).contains("shieldwall_held_outputs"));
+    c.kill_all();
+    for w in &writers {
+        w.abort();
+    }
+    for w in writers {
+        let r = c.rt.block_on(w);
+        assert!(
+            r.as_ref().map_or_else(|e| e.is_cancelled(), |_| true),
+            "a writer failed: {r:?}"
+        );
+    }
+    let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "{} writes acknowledged before every replica was killed",
+        acked.len()
+    );
+
+    let restarted_at = Instant::now();
+    for i in 0..4 {
+        c.start(i);
+    }
+    c.wait_ready(&[0, 1, 2, 3]);
+    for i in 0..4 {
+        let log = c.log(i);
+        let line = log
+            .lines()
+            .find(|l| l.contains("recovered the saved state"))
+            .unwrap_or_else(|| panic!("replica {i} did not recover from its disk"));
+        eprintln!("replica {i}: {line}");
+        // Checkpoints every 16 batches: the replica restored one and replayed the log after it.
+        assert!(line.contains("checkpoint_seq=Some("), "{line}");
+    }
+    // A new client key: client key 1's requests in flight at the kill are the old client's.
+    let client = c.client(2);
+    c.rt.block_on(async {
+        for (key, value) in &acked {
+            let r = client.invoke_read(get(key)).await.unwrap();
+            assert_eq!(
+                reply(&r),
+                KvReply::Bulk(value.clone().into_bytes()),
+                "{key}"
+            );
+        }
+        for i in 0..20 {
+            let r = client
+                .invoke(set(&format!("after-{i}"), "yes"))
+                .await
+                .unwrap();
+            assert_eq!(reply(&r), KvReply::Ok);
+        }
+        let r = client.invoke_read(get("after-19")).await.unwrap();
+        assert_eq!(reply(&r), KvReply::Bulk(b"yes".to_vec()));
+    });
+    eprintln!(
+        "every acknowledged write read back and new writes done {:?} after the restart",
+        restarted_at.elapsed()
+    );
+}
+
+/// Durable mode: a replica whose data directory is lost while it is stopped rejoins by state
+/// transfer. First its saved state is wiped but its incarnation marker kept (it knows it ran
+/// before: amnesia recovery from its peers), then the whole directory (it starts fresh).
+#[test]
+fn durable_replica_with_a_wiped_data_directory_rejoins_by_state_transfer() {
+    let _serial = serial();
+    let mut c = TestCluster::with_durability(4, "byzantine", "durable", DURABLE_SETTINGS);
+    c.start_all();
+    library_workload(&c, "a", 4, 20);
+    for (round, whole_directory, expect) in [
+        ("b", false, "restarted without its state"),
+        ("c", true, "mode=\"fresh\""),
+    ] {
+        c.kill(3);
+        let data = c.data_dir(3);
+        assert!(data.join("wal").is_dir() && data.join("snapshots").is_dir());
+        if whole_directory {
+            std::fs::remove_dir_all(&data).unwrap();
+        } else {
+            std::fs::remove_dir_all(data.join("wal")).unwrap();
+            std::fs::remove_dir_all(data.join("snapshots")).unwrap();
+        }
+        // The other three go on without it (f = 1), past several checkpoints.
+        library_workload(&c, round, 4, 20);
+        let starts_before = c.log(3).matches("replica started").count();
+        c.start(3);
+        c.wait_ready(&[3]);
+        let log = c.log(3);
+        let start_line = log
+            .lines()
+            .filter(|l| l.contains("replica started"))
+            .nth(starts_before)
+            .unwrap_or_default()
+            .to_string();
+        assert!(start_line.contains(expect), "round {round}: {start_line}");
+        // New writes: replica 3 takes part again once it caught up.
+        library_workload(&c, &format!("{round}-after"), 1, 10);
+        wait_for(
+            "replica 3 to catch up with the others",
+            Duration::from_secs(30),
+            || {
+                let done: Vec<u64> = (0..4)
+                    .map(|i| c.status(i).map_or(0, |s| s.last_executed))
+                    .collect();
+                done.iter().all(|d| *d == done[0])
+            },
+        );
+        let s = c.status(3).unwrap();
+        assert!(s.stable_checkpoint >= 16, "fetched a checkpoint: {s:?}");
+    }
+}
+
+/// Durable mode: damage in the write-ahead log that a crash cannot leave (a bad record with
+/// valid ones after it) stops the replica at start-up with a non-zero exit, naming the file
+/// and offset; it never starts on a log it cannot trust.
+#[test]
+fn durable_replica_refuses_to_start_on_a_corrupt_log() {
+    let _serial = serial();
+    let mut c = TestCluster::with_durability(4, "byzantine", "durable", DURABLE_SETTINGS);
+    c.start_all();
+    library_workload(&c, "a", 2, 10);
+    c.kill(3);
+    let wal = c.data_dir(3).join("wal");
+    let segment = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .min()
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // Inside the first record's payload (24-byte segment header, 16-byte record header).
+    assert!(bytes.len() > 200, "the log holds records");
+    bytes[24 + 16 + 2] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    c.start(3);
+    let status = c.wait_exit(3, Duration::from_secs(30));
+    assert!(!status.success(), "{status}");
+    let log = c.log(3);
+    let name = segment.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        log.contains("corrupt") && log.contains(&name) && log.contains("offset 24"),
+        "the error names the file and offset: {}",
+        log.lines().last().unwrap_or_default()
+    );
+}
+
+/// `local --durability durable --data DIR`, stopped and run again with the same DIR, reuses
+/// the cluster (file, keys, addresses) and its replicas recover what was written.
+#[test]
+fn local_durable_cluster_restarts_from_its_data_directory() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("local");
+    let run = |round: u32| {
+        let resp = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let log_path = dir.path().join(format!("local-{round}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = std::process::Command::new(bin())
+            .args(["local", "--durability", "durable", "--resp", &resp])
+            .args(["--for", "120s", "--data"])
+            .arg(&data)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let show_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        wait_for("the RESP front of `local`", Duration::from_secs(60), || {
+            std::net::TcpStream::connect(&resp).is_ok() || child.try_wait().unwrap().is_some()
+        });
+        assert!(child.try_wait().unwrap().is_none(), "{}", show_log());
+        let client = redis::Client::open(format!("redis://{resp}/")).unwrap();
+        let mut con = client.get_connection().unwrap();
+        if round == 0 {
+            let _: () = con.set("kept", "across restarts").unwrap();
+            assert!(show_log().contains("durable durability"), "{}", show_log());
+        } else {
+            let v: String = con.get("kept").unwrap();
+            assert_eq!(v, "across restarts");
+            assert!(show_log().contains("reused the cluster"), "{}", show_log());
+        }
+        drop(con);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let mut exit = None;
+        wait_for("local to stop", Duration::from_secs(30), || {
+            exit = child.try_wait().unwrap();
+            exit.is_some()
+        });
+        assert!(exit.unwrap().success(), "{}", show_log());
+    };
+    run(0);
+    run(1);
+    // A memory-mode cluster directory is refused, with the reason.
+    let memory = dir.path().join("memory");
+    let out = std::process::Command::new(bin())
+        .args(["keygen", "--replicas", "4", "--out"])
+        .arg(&memory)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = std::process::Command::new(bin())
+        .args(["local", "--for", "1s", "--data"])
+        .arg(&memory)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("memory-mode"),
+        "{text}"
+    );
+}

@@ -5,6 +5,8 @@
 //! ```toml
 //! cluster_id = "9f3c…"          # 64 hex digits; connections between clusters are refused
 //! fault_model = "byzantine"     # or "crash"
+//! durability = "durable"        # optional: "memory" (default) or "durable" (write-ahead log
+//!                               # and checkpoints in each replica's data directory)
 //!
 //! [protocol]                    # optional; any field of shieldwall_core::Config but n and f
 //! batch_requests_max = 1024
@@ -25,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use shieldwall_core::{Config, FaultModel, ReplicaId};
+use shieldwall_core::{Config, Durability, FaultModel, ReplicaId};
 use shieldwall_crypto::{Keyring, PublicKeys};
 
 /// Why a cluster file cannot be used.
@@ -160,6 +162,8 @@ struct FileClient {
 struct File {
     cluster_id: String,
     fault_model: FaultModel,
+    #[serde(default, skip_serializing_if = "is_memory")]
+    durability: Durability,
     #[serde(default, skip_serializing_if = "is_default")]
     protocol: ProtocolOverrides,
     #[serde(rename = "replica")]
@@ -170,6 +174,10 @@ struct File {
 
 fn is_default(p: &ProtocolOverrides) -> bool {
     *p == ProtocolOverrides::default()
+}
+
+fn is_memory(d: &Durability) -> bool {
+    *d == Durability::Memory
 }
 
 impl ClusterConfig {
@@ -229,6 +237,7 @@ impl ClusterConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut protocol = Config::for_replicas(replicas.len() as u32, file.fault_model);
+        protocol.durability = file.durability;
         file.protocol.apply(&mut protocol);
         protocol.validate().map_err(|e| e.to_string())?;
         Ok(ClusterConfig {
@@ -245,6 +254,7 @@ impl ClusterConfig {
         let file = File {
             cluster_id: hex::encode(self.cluster_id),
             fault_model: self.protocol.fault_model,
+            durability: self.protocol.durability,
             protocol: ProtocolOverrides::diff(&self.protocol),
             replicas: self
                 .replicas
@@ -352,7 +362,10 @@ mod tests {
     #[test]
     fn round_trips_through_toml() {
         for (n, model) in [(4, FaultModel::Byzantine), (3, FaultModel::Crash)] {
-            let c = sample(n, model);
+            let mut c = sample(n, model);
+            if model == FaultModel::Crash {
+                c.protocol.durability = Durability::Durable;
+            }
             let text = c.to_toml();
             let back = ClusterConfig::parse(&text, PathBuf::from("/tmp")).unwrap();
             assert_eq!(back.protocol, c.protocol);
@@ -360,6 +373,11 @@ mod tests {
             assert_eq!(back.clients, c.clients);
             assert_eq!(back.cluster_id, c.cluster_id);
             assert!(text.contains("batch_requests_max = 77"), "{text}");
+            assert_eq!(
+                text.contains("durability = \"durable\""),
+                model == FaultModel::Crash,
+                "memory mode, the default, stays implicit: {text}"
+            );
             assert!(
                 !text.contains("checkpoint_interval"),
                 "defaults stay implicit"
@@ -389,6 +407,13 @@ mod tests {
                 "cluster_id",
             ),
             (format!("{good}\nbogus = 1\n"), "bogus"),
+            (
+                good.replace(
+                    "fault_model = \"byzantine\"",
+                    "fault_model = \"byzantine\"\ndurability = \"disk\"",
+                ),
+                "unknown variant `disk`",
+            ),
             (
                 good.replace("batch_requests_max = 77", "watermark_window = 3"),
                 "watermark_window",

@@ -61,6 +61,16 @@ pub struct Metrics {
     pub bytes_out: Counter,
     /// Seconds from a request's arrival at this replica to its reply.
     pub request_latency: Histogram,
+    /// Durable mode: write-ahead log syncs (one fsync per group of records).
+    pub storage_syncs: Counter,
+    /// Durable mode: records appended to the write-ahead log.
+    pub storage_records: Counter,
+    /// Durable mode: seconds one group commit (write and fsync) took.
+    pub storage_sync_latency: Histogram,
+    /// Durable mode: jobs waiting for the storage thread.
+    pub storage_queue: Gauge,
+    /// Durable mode: engine outputs held until their records are durable.
+    pub held_outputs: Gauge,
     engine_rejected: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     last_batches: AtomicU64,
     last_requests: AtomicU64,
@@ -98,6 +108,11 @@ impl Metrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             request_latency: Histogram::new(exponential_buckets(50e-6, 2.0, 18)),
+            storage_syncs: Counter::default(),
+            storage_records: Counter::default(),
+            storage_sync_latency: Histogram::new(exponential_buckets(20e-6, 2.0, 18)),
+            storage_queue: Gauge::default(),
+            held_outputs: Gauge::default(),
             engine_rejected: Default::default(),
             last_batches: AtomicU64::new(0),
             last_requests: AtomicU64::new(0),
@@ -207,6 +222,31 @@ impl Metrics {
             "request_latency_seconds",
             "From a request's arrival at this replica to its reply",
             m.request_latency.clone(),
+        );
+        r.register(
+            "storage_syncs",
+            "Write-ahead log syncs (one fsync per group of records)",
+            m.storage_syncs.clone(),
+        );
+        r.register(
+            "storage_records",
+            "Records appended to the write-ahead log",
+            m.storage_records.clone(),
+        );
+        r.register(
+            "storage_sync_latency_seconds",
+            "Time to write and fsync one group of log records",
+            m.storage_sync_latency.clone(),
+        );
+        r.register(
+            "storage_queue",
+            "Jobs waiting for the storage thread",
+            m.storage_queue.clone(),
+        );
+        r.register(
+            "held_outputs",
+            "Engine outputs held until their log records are durable",
+            m.held_outputs.clone(),
         );
         Metrics { registry, ..m }
     }

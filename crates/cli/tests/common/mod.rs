@@ -58,6 +58,16 @@ pub struct TestCluster {
 impl TestCluster {
     /// Generate keys and a cluster file (`keygen`) for `n` replicas; starts nothing.
     pub fn new(n: u32, fault_model: &str, protocol: &[&str]) -> TestCluster {
+        TestCluster::with_durability(n, fault_model, "memory", protocol)
+    }
+
+    /// As [`TestCluster::new`], with `durability` (`memory` or `durable`) in the cluster file.
+    pub fn with_durability(
+        n: u32,
+        fault_model: &str,
+        durability: &str,
+        protocol: &[&str],
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(2 * n as usize);
         let addrs: Vec<String> = (0..n as usize)
@@ -73,6 +83,8 @@ impl TestCluster {
             &n.to_string(),
             "--fault-model",
             fault_model,
+            "--durability",
+            durability,
         ])
         .arg("--out")
         .arg(dir.path())
@@ -151,6 +163,50 @@ impl TestCluster {
         let mut child = self.procs[i as usize].take().expect("replica not running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// `kill -9` every running replica at once (all signals sent before any is reaped).
+    pub fn kill_all(&mut self) {
+        let mut children: Vec<Child> = self.procs.iter_mut().filter_map(Option::take).collect();
+        for child in &mut children {
+            child.kill().unwrap();
+        }
+        for mut child in children {
+            child.wait().unwrap();
+        }
+    }
+
+    /// Wait up to `timeout` for replica `i` to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, i: u32, timeout: Duration) -> std::process::ExitStatus {
+        let mut status = None;
+        let child = self.procs[i as usize]
+            .as_mut()
+            .expect("replica not running");
+        wait_for("the replica to exit", timeout, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        self.procs[i as usize] = None;
+        status.unwrap()
+    }
+
+    /// Replica `i`'s data directory (`node`'s default: `data-<i>` next to the cluster file).
+    pub fn data_dir(&self, i: u32) -> PathBuf {
+        self.dir.path().join(format!("data-{i}"))
+    }
+
+    /// Replica `i`'s log so far, without terminal colour codes.
+    pub fn log(&self, i: u32) -> String {
+        let raw = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+        let mut plain = String::with_capacity(raw.len());
+        let mut rest = raw.as_str();
+        while let Some(at) = rest.find('\x1b') {
+            plain.push_str(&rest[..at]);
+            rest = &rest[at..];
+            rest = rest.find('m').map_or("", |end| &rest[end + 1..]);
+        }
+        plain.push_str(rest);
+        plain
     }
 
     pub fn pid(&self, i: u32) -> u32 {

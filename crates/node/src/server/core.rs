@@ -18,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info};
 
 use super::conn::{ClientRouter, PeerLinks};
+use super::storage::StorageJob;
 use super::{ReplicaStatus, StatusCell};
 use crate::metrics::Metrics;
 use crate::service::Service;
@@ -96,11 +97,17 @@ pub(crate) struct CoreThread {
     pub read_bytes_max: usize,
     pub metrics: Arc<Metrics>,
     pub status: Arc<StatusCell>,
+    /// Durable mode: the storage thread's queue (bounded; the core waits when it is full,
+    /// since a record must never be dropped).
+    pub storage_tx: Option<Sender<StorageJob>>,
+    /// Actions to carry out before the first input ([`Replica::recover`]'s restore,
+    /// re-executions and re-sent votes).
+    pub initial: Vec<Action>,
 }
 
 impl CoreThread {
     pub(crate) fn run(mut self) {
-        let mut actions = Vec::new();
+        let mut actions = std::mem::take(&mut self.initial);
         let mut arrivals: HashMap<(ClientId, u64), Instant> = HashMap::new();
         let mut last_publish = Instant::now();
         let mut last_view = self.replica.view();
@@ -211,11 +218,32 @@ impl CoreThread {
                 info!(seq, "installing a snapshot from state transfer");
                 let _ = self.exec_tx.send(ExecJob::Restore { seq, service });
             }
-            Action::Persist { .. } | Action::SaveCheckpoint(_) => {
-                // The node runs the engine in memory mode (the cluster file has no durable
-                // mode yet), which never emits these.
-                error!("durable-mode action in a memory-mode replica; ignored");
+            Action::Persist {
+                ticket,
+                key,
+                record,
+            } => self.to_storage(StorageJob::Append {
+                ticket,
+                key,
+                record,
+            }),
+            Action::SaveCheckpoint(snapshot) => {
+                self.to_storage(StorageJob::Checkpoint(Box::new(snapshot)))
             }
+        }
+    }
+
+    /// Hand a job to the storage thread, waiting if its queue is full. If the thread is gone it
+    /// has reported a fatal error and the process is stopping; the engine keeps its outputs
+    /// held, so nothing that depends on the lost record leaves the replica.
+    fn to_storage(&self, job: StorageJob) {
+        match &self.storage_tx {
+            Some(tx) => {
+                if tx.send(job).is_err() {
+                    error!("the storage thread stopped; durable outputs stay held");
+                }
+            }
+            None => error!("durable-mode action in a memory-mode replica; ignored"),
         }
     }
 
@@ -228,6 +256,7 @@ impl CoreThread {
         m.last_executed.set(r.last_executed() as i64);
         m.stable_checkpoint.set(r.stable_checkpoint() as i64);
         m.pending_requests.set(r.pending_requests() as i64);
+        m.held_outputs.set(r.held_outputs() as i64);
         let status = match r.status() {
             Status::Normal => 0,
             Status::ViewChanging => 1,

@@ -1,15 +1,18 @@
 //! The replica server: one replica of a cluster, serving peers and clients over TCP.
 //!
 //! Threads: a tokio runtime for sockets (accepting, reading, writing, reconnecting), a pool of
-//! verification threads, one thread for the protocol core and one for the service. Data flows
-//! socket -> decode -> verify pool -> core -> (peers' queues | service | clients' queues), and
-//! every queue is bounded (see [`conn`] for how).
+//! verification threads, one thread for the protocol core and one for the service, and in
+//! durable mode one for storage (see [`storage`]). Data flows socket -> decode -> verify pool
+//! -> core -> (storage | peers' queues | service | clients' queues), and every queue is
+//! bounded (see [`conn`] for how).
 
 mod conn;
 mod core;
+mod storage;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -17,7 +20,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
-use shieldwall_core::{Principal, Replica, ReplicaId};
+use shieldwall_core::{Durability, Principal, Replica, ReplicaId};
 use shieldwall_crypto::pool::BatchPool;
 use shieldwall_crypto::{KeyPair, NodeAuth, VerifiedCache};
 use tokio::sync::Semaphore;
@@ -25,6 +28,7 @@ use tracing::info;
 
 use self::conn::{accept_loop, start_peer_links, ClientRouter, NetContext, PeerLinks, VerifyJob};
 use self::core::{run_executor, Clock, CoreInput, CoreThread, ExecJob, ReadJob};
+use self::storage::{run_storage, StorageJob, STORAGE_QUEUE_JOBS};
 use crate::config::ClusterConfig;
 use crate::http::{self, HttpContent};
 use crate::metrics::Metrics;
@@ -106,9 +110,13 @@ pub struct ReplicaOptions {
     pub verify_threads: usize,
     /// Threads for socket IO.
     pub io_threads: usize,
-    /// The replica ran before and lost its state: it recovers from its peers and casts no
-    /// vote until a view change (docs/adr/002-amnesia-recovery.md).
+    /// The replica ran before. In memory mode (and in durable mode when its data directory
+    /// holds no saved state, e.g. a wiped disk) it lost its state: it recovers from its peers
+    /// and casts no vote until a view change (docs/adr/002-amnesia-recovery.md).
     pub restarted: bool,
+    /// This replica's data directory. Durable mode requires it: the write-ahead log is kept in
+    /// `<data>/wal` and the stable checkpoints in `<data>/snapshots`.
+    pub data_dir: Option<PathBuf>,
     /// Bounds.
     pub limits: Limits,
 }
@@ -125,6 +133,7 @@ impl ReplicaOptions {
             verify_threads: cpus,
             io_threads: cpus.clamp(1, 4),
             restarted: false,
+            data_dir: None,
             limits: Limits::default(),
         }
     }
@@ -208,6 +217,7 @@ struct Queues {
     core: Receiver<CoreInput>,
     exec: Receiver<ExecJob>,
     read: Receiver<ReadJob>,
+    storage: Option<Receiver<StorageJob>>,
 }
 
 impl HttpContent for Observer {
@@ -217,6 +227,9 @@ impl HttpContent for Observer {
         m.core_queue.set(self.queues.core.len() as i64);
         m.execute_queue
             .set((self.queues.exec.len() + self.queues.read.len()) as i64);
+        if let Some(s) = &self.queues.storage {
+            m.storage_queue.set(s.len() as i64);
+        }
         self.links.export();
         m.render()
     }
@@ -299,12 +312,60 @@ impl ReplicaServer {
             keyring.clone(),
         ));
         let clock = Clock::new();
-        let replica = if options.restarted {
-            Replica::restarted(protocol.clone(), id, auth.clone(), clock.now_ms())
-        } else {
-            Replica::new(protocol.clone(), id, auth.clone())
+        let mut initial = Vec::new();
+        let mut storage = None;
+        let mut recovered = None;
+        if protocol.durability == Durability::Durable {
+            let data = options.data_dir.as_ref().ok_or_else(|| {
+                ServerError::Config(
+                    "the cluster file says durability = \"durable\": a data directory is \
+                     required"
+                        .into(),
+                )
+            })?;
+            let (opened, on_disk) = storage::open(data).map_err(ServerError::Fatal)?;
+            storage = Some(opened);
+            if !on_disk.is_empty() {
+                recovered = Some(on_disk);
+            }
         }
-        .map_err(|e| ServerError::Config(e.to_string()))?;
+        let mode = match (&recovered, options.restarted) {
+            (Some(_), _) => "recovered from its disk",
+            (None, true) => "restarted without its state: recovering from its peers",
+            (None, false) => "fresh",
+        };
+        let replica = match recovered {
+            Some(on_disk) => {
+                let checkpoint_seq = on_disk.checkpoint.as_ref().map(|c| c.checkpoint.seq);
+                let records = on_disk.records.len();
+                let r = Replica::recover(
+                    protocol.clone(),
+                    id,
+                    auth.clone(),
+                    clock.now_ms(),
+                    on_disk.checkpoint,
+                    on_disk.records,
+                    &mut initial,
+                )
+                .map_err(|e| {
+                    ServerError::Fatal(format!("recovering from the data directory: {e}"))
+                })?;
+                info!(
+                    ?checkpoint_seq,
+                    records,
+                    view = r.view(),
+                    last_executed_after_replay = r.last_executed(),
+                    "recovered the saved state"
+                );
+                r
+            }
+            None if options.restarted => {
+                Replica::restarted(protocol.clone(), id, auth.clone(), clock.now_ms())
+                    .map_err(|e| ServerError::Config(e.to_string()))?
+            }
+            None => Replica::new(protocol.clone(), id, auth.clone())
+                .map_err(|e| ServerError::Config(e.to_string()))?,
+        };
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(options.io_threads.max(1))
@@ -345,6 +406,13 @@ impl ReplicaServer {
         let (read_tx, read_rx) =
             crossbeam_channel::bounded::<ReadJob>(options.limits.read_queue_max);
         let (fatal_tx, fatal_rx) = crossbeam_channel::unbounded::<String>();
+        let (storage_tx, storage_rx) = match storage {
+            Some(_) => {
+                let (tx, rx) = crossbeam_channel::bounded::<StorageJob>(STORAGE_QUEUE_JOBS);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
 
         let verify = {
             let (protocol, auth, core_tx, metrics) = (
@@ -410,6 +478,7 @@ impl ReplicaServer {
                     core: core_rx.clone(),
                     exec: exec_rx.clone(),
                     read: read_rx.clone(),
+                    storage: storage_rx.clone(),
                 },
             });
             runtime.spawn(http::serve(l, observer));
@@ -428,6 +497,8 @@ impl ReplicaServer {
             read_bytes_max: limits.read_queue_bytes_max,
             metrics: metrics.clone(),
             status: status.clone(),
+            storage_tx,
+            initial,
         };
         let stopping = Arc::new(AtomicBool::new(false));
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
@@ -463,6 +534,13 @@ impl ReplicaServer {
             format!("replica-{id}-service"),
             Box::new(service_thread),
         )?);
+        if let (Some(storage), Some(rx)) = (storage, storage_rx) {
+            let (core_tx, metrics, fatal_tx) = (core_tx.clone(), metrics.clone(), fatal_tx.clone());
+            threads.push(spawn(
+                format!("replica-{id}-storage"),
+                Box::new(move || run_storage(storage, rx, core_tx, metrics, fatal_tx)),
+            )?);
+        }
         info!(
             replica = id,
             %address,
@@ -470,7 +548,8 @@ impl ReplicaServer {
             n = cluster.n(),
             f = protocol.f,
             fault_model = %protocol.fault_model,
-            restarted = options.restarted,
+            durability = %protocol.durability,
+            mode,
             "replica started"
         );
         Ok(ReplicaServer {

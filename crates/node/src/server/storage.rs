@@ -1,0 +1,291 @@
+//! Durable mode: the storage thread, which owns the write-ahead log and the snapshot store, and
+//! the start-up path that reads them back.
+//!
+//! The core thread hands this thread the engine's [`Action::Persist`] and
+//! [`Action::SaveCheckpoint`] in the order the engine emitted them, over a bounded queue (a
+//! full queue makes the core wait: records are never dropped). The thread takes everything
+//! queued, appends it, syncs once for the whole group (group commit) and reports the highest
+//! durable ticket back to the core as [`Event::Persisted`], which releases the outputs the
+//! engine held for those records. A checkpoint is saved after the records requested before it
+//! are durable, then the log drops what the checkpoint covers.
+//!
+//! Every storage error is fatal: the thread logs it (the error names the file, and the offset
+//! for corruption), reports it on the fatal channel, and stops; the process exits non-zero.
+//! Continuing would mean voting on state a crash could lose.
+//!
+//! [`Action::Persist`]: shieldwall_core::Action::Persist
+//! [`Action::SaveCheckpoint`]: shieldwall_core::Action::SaveCheckpoint
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use shieldwall_core::message::{self, MESSAGE_BYTES_MAX};
+use shieldwall_core::{Event, Record, StateSnapshot};
+use shieldwall_storage::{
+    snapshot_file_name, RealFs, SnapshotStore, StorageError, Wal, WalOptions,
+};
+use tracing::{debug, error, info, warn};
+
+use super::core::CoreInput;
+use crate::metrics::Metrics;
+
+/// Jobs queued for the storage thread before the core thread waits.
+pub(crate) const STORAGE_QUEUE_JOBS: usize = 4096;
+/// Jobs taken into one group commit, at most.
+const GROUP_JOBS_MAX: usize = 4096;
+/// Write-ahead log segments are rotated at this size.
+const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+
+/// A job for the storage thread, in the engine's order.
+#[derive(Debug)]
+pub(crate) enum StorageJob {
+    /// Append a record; report its ticket once durable.
+    Append {
+        ticket: u64,
+        key: u64,
+        record: Record,
+    },
+    /// Save a stable checkpoint (after the records before it), then compact the log.
+    Checkpoint(Box<StateSnapshot>),
+}
+
+/// The opened storage of a durable replica.
+pub(crate) struct Storage {
+    wal: Wal<RealFs>,
+    snapshots: SnapshotStore<RealFs>,
+}
+
+/// What a durable replica found on its disk.
+#[derive(Debug, Default)]
+pub(crate) struct OnDisk {
+    /// The newest valid saved checkpoint.
+    pub checkpoint: Option<StateSnapshot>,
+    /// The log records after it, in log order.
+    pub records: Vec<Record>,
+}
+
+impl OnDisk {
+    /// Whether the replica saved anything before (else it starts fresh or recovers from peers).
+    pub fn is_empty(&self) -> bool {
+        self.checkpoint.is_none() && self.records.is_empty()
+    }
+}
+
+/// Open (creating if missing) `<data>/wal` and `<data>/snapshots` and read back what they hold.
+/// A damaged snapshot is skipped for an older one and logged; a log record that fails its
+/// checks or does not decode is an error naming the file: recovery never skips a record.
+pub(crate) fn open(data: &Path) -> Result<(Storage, OnDisk), String> {
+    let snapshots_dir = data.join("snapshots");
+    let wal_dir = data.join("wal");
+    let snapshots = SnapshotStore::open(RealFs, &snapshots_dir).map_err(|e| e.to_string())?;
+    let load = snapshots.load_newest().map_err(|e| e.to_string())?;
+    for d in &load.damaged {
+        warn!(
+            seq = d.seq,
+            path = %d.path.display(),
+            reason = %d.reason,
+            "skipped a damaged checkpoint file; using an older one"
+        );
+    }
+    let checkpoint = match load.newest {
+        Some(s) => {
+            let path = snapshots_dir.join(snapshot_file_name(s.seq));
+            let snap: StateSnapshot = message::decode(&s.bytes)
+                .map_err(|e| format!("checkpoint {}: does not decode: {e}", path.display()))?;
+            if snap.checkpoint.seq != s.seq {
+                return Err(format!(
+                    "checkpoint {}: holds the state at seq {}, not {}",
+                    path.display(),
+                    snap.checkpoint.seq,
+                    s.seq
+                ));
+            }
+            Some(snap)
+        }
+        None => None,
+    };
+    let options = WalOptions {
+        segment_bytes_max: SEGMENT_BYTES_MAX,
+        // A record is at most a protocol message (a NEW-VIEW with its re-proposals).
+        record_bytes_max: MESSAGE_BYTES_MAX as u32,
+    };
+    let (wal, recovered) = Wal::open(RealFs, &wal_dir, options).map_err(|e| e.to_string())?;
+    // The log keeps whole segments: records the checkpoint covers may still be there.
+    let covered = checkpoint.as_ref().map_or(0, |c| c.checkpoint.seq);
+    let mut records = Vec::with_capacity(recovered.len());
+    for r in recovered {
+        if r.key <= covered {
+            continue;
+        }
+        let record: Record = message::decode(&r.payload).map_err(|e| {
+            format!(
+                "write-ahead log {}: record at LSN {} (key {}) does not decode: {e}",
+                wal_dir.display(),
+                r.lsn,
+                r.key
+            )
+        })?;
+        records.push(record);
+    }
+    let report = wal.recovery_report();
+    if let Some(t) = &report.torn_tail {
+        info!(
+            path = %t.path.display(),
+            offset = t.offset,
+            bytes_dropped = t.bytes_dropped,
+            reason = %t.reason,
+            "write-ahead log: truncated a torn tail (a write cut short by a crash)"
+        );
+    }
+    info!(
+        data = %data.display(),
+        checkpoint_seq = checkpoint.as_ref().map(|c| c.checkpoint.seq),
+        segments = report.segments,
+        records_read = report.records,
+        records_replayed = records.len(),
+        torn_tail = report.torn_tail.is_some(),
+        "opened durable storage"
+    );
+    Ok((
+        Storage { wal, snapshots },
+        OnDisk {
+            checkpoint,
+            records,
+        },
+    ))
+}
+
+/// Run the storage thread until the core thread drops its end of the queue, or a storage error
+/// (fatal: reported on `fatal`).
+pub(crate) fn run_storage(
+    mut storage: Storage,
+    rx: Receiver<StorageJob>,
+    core_tx: Sender<CoreInput>,
+    metrics: Arc<Metrics>,
+    fatal: Sender<String>,
+) {
+    let dir: PathBuf = storage.wal.dir().to_path_buf();
+    while let Ok(first) = rx.recv() {
+        let mut jobs = Vec::with_capacity(rx.len() + 1);
+        jobs.push(first);
+        while jobs.len() < GROUP_JOBS_MAX {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        match storage.group(jobs, &metrics) {
+            Ok(Some(ticket)) => {
+                let event = Event::Persisted { ticket };
+                if core_tx.send(CoreInput::Event(event, None)).is_err() {
+                    break;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                error!(wal = %dir.display(), "{e}; stopping the replica");
+                let _ = fatal.send(format!("durable storage failed: {e}"));
+                return;
+            }
+        }
+    }
+    debug!("storage thread stopped");
+}
+
+impl Storage {
+    /// Carry out one group of jobs in order; the highest ticket made durable, if any.
+    fn group(
+        &mut self,
+        jobs: Vec<StorageJob>,
+        metrics: &Metrics,
+    ) -> Result<Option<u64>, StorageError> {
+        let mut highest = None;
+        let mut unsynced = 0u64;
+        for job in jobs {
+            match job {
+                StorageJob::Append {
+                    ticket,
+                    key,
+                    record,
+                } => {
+                    self.wal.append(key, &message::encode(&record))?;
+                    unsynced += 1;
+                    highest = Some(ticket);
+                }
+                StorageJob::Checkpoint(snap) => {
+                    // The checkpoint comes after the records requested before it: once it is
+                    // on disk, they must be too.
+                    self.sync(&mut unsynced, metrics)?;
+                    let seq = snap.checkpoint.seq;
+                    self.snapshots.save(seq, &message::encode(&*snap))?;
+                    let segments = self.wal.compact(seq.saturating_add(1))?;
+                    debug!(seq, segments, "saved a checkpoint and compacted the log");
+                }
+            }
+        }
+        self.sync(&mut unsynced, metrics)?;
+        Ok(highest)
+    }
+
+    /// Write and fsync the records appended since the last sync (one group commit).
+    fn sync(&mut self, unsynced: &mut u64, metrics: &Metrics) -> Result<(), StorageError> {
+        if *unsynced == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.wal.sync()?;
+        metrics
+            .storage_sync_latency
+            .observe(started.elapsed().as_secs_f64());
+        metrics.storage_syncs.inc();
+        metrics.storage_records.inc_by(*unsynced);
+        *unsynced = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_data_directory_holds_nothing_to_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_storage, on_disk) = open(dir.path()).unwrap();
+        assert!(on_disk.is_empty());
+        assert!(dir.path().join("wal").is_dir());
+        assert!(dir.path().join("snapshots").is_dir());
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_is_fatal_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        {
+            let (mut wal, _) = Wal::open(RealFs, &wal_dir, WalOptions::default()).unwrap();
+            // Checksummed, so not a torn tail: bytes that are no Record.
+            wal.append(5, &[0xff; 7]).unwrap();
+            wal.sync().unwrap();
+        }
+        let err = open(dir.path()).err().unwrap();
+        assert!(err.contains(&wal_dir.display().to_string()), "{err}");
+        assert!(
+            err.contains("LSN 1") && err.contains("does not decode"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_that_does_not_decode_is_fatal_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = SnapshotStore::open(RealFs, dir.path().join("snapshots")).unwrap();
+            store.save(16, b"not a state snapshot").unwrap();
+        }
+        let err = open(dir.path()).err().unwrap();
+        assert!(err.contains(&snapshot_file_name(16)), "{err}");
+        assert!(err.contains("does not decode"), "{err}");
+    }
+}
