@@ -860,3 +860,86 @@ fn local_durable_cluster_restarts_from_its_data_directory() {
         "{text}"
     );
 }
+
+/// Durable mode: a replica that stops responding (SIGSTOP) while the others run far past its
+/// log (several watermark windows) costs them bounded memory (their queues to it are bounded in
+/// bytes); once it resumes, it catches up by a snapshot transfer with bounded memory of its own.
+/// Then the same replica is killed, the others move far ahead again, and after a restart from
+/// its (now stale) disk it catches up the same way.
+#[test]
+fn a_replica_far_behind_catches_up_from_a_snapshot_with_bounded_memory() {
+    const RSS_MAX_KIB: u64 = 256 * 1024;
+    let _serial = serial();
+    let mut c = TestCluster::with_durability(4, "byzantine", "durable", DURABLE_SETTINGS);
+    c.start_all();
+    library_workload(&c, "warm", 4, 10);
+    let executed = |c: &TestCluster, i: u32| c.status(i).map_or(0, |s| s.last_executed);
+    let caught_up = |c: &TestCluster| {
+        let done: Vec<u64> = (0..4).map(|i| executed(c, i)).collect();
+        done.iter().all(|d| *d == done[0])
+    };
+
+    // 1. Paused: its TCP buffers fill, the others' queues to it hit their byte bound.
+    let pid = c.pid(3).to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let before = executed(&c, 0);
+    library_workload(&c, "paused", 4, 60);
+    let ahead = executed(&c, 0);
+    // More than a watermark window (64): nothing it could still order, only a snapshot helps.
+    assert!(
+        ahead > before + 64,
+        "the others ran {} batches past it",
+        ahead - before
+    );
+    for i in 0..3 {
+        let rss = c.rss_kib(i);
+        assert!(
+            rss < RSS_MAX_KIB,
+            "replica {i} holds {rss} KiB while replica 3 lags"
+        );
+    }
+    signal("-CONT");
+    library_workload(&c, "resumed", 1, 10);
+    wait_for(
+        "replica 3 to catch up after a pause",
+        Duration::from_secs(30),
+        || caught_up(&c),
+    );
+    let installed = c.metric(3, "shieldwall_snapshots_installed_total", "");
+    assert!(installed >= 1.0, "caught up by a snapshot: {installed}");
+    let rss = c.rss_kib(3);
+    assert!(
+        rss < RSS_MAX_KIB,
+        "replica 3 holds {rss} KiB after catching up"
+    );
+
+    // 2. Killed, the others run far past its log, restarted from its stale disk.
+    c.kill(3);
+    library_workload(&c, "killed", 4, 60);
+    c.start(3);
+    c.wait_ready(&[3]);
+    assert!(
+        c.log(3).contains("recovered the saved state"),
+        "{}",
+        c.log(3)
+    );
+    library_workload(&c, "restarted", 1, 10);
+    wait_for(
+        "replica 3 to catch up after a restart",
+        Duration::from_secs(30),
+        || caught_up(&c),
+    );
+    assert!(c.metric(3, "shieldwall_snapshots_installed_total", "") >= 1.0);
+    let rss = c.rss_kib(3);
+    assert!(
+        rss < RSS_MAX_KIB,
+        "replica 3 holds {rss} KiB after catching up"
+    );
+}

@@ -608,7 +608,16 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Strict decoding: bounded size, no trailing bytes.
 pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
-    if bytes.len() > MESSAGE_BYTES_MAX {
+    decode_limited(bytes, MESSAGE_BYTES_MAX)
+}
+
+/// [`decode`] with another size limit: for a replica's own checksummed files (a saved
+/// checkpoint holds the whole service state, which may exceed what one message may carry).
+pub fn decode_limited<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+    max: usize,
+) -> Result<T, DecodeError> {
+    if bytes.len() > max {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
     let (value, rest) =

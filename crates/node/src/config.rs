@@ -123,6 +123,7 @@ protocol_overrides!(
     client_pending_max: u32,
     pending_max: u32,
     fetch_batches_max: u32,
+    state_chunk_bytes: u32,
 );
 
 impl ProtocolOverrides {

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub replies_queued: Counter,
     /// View changes this replica started.
     pub view_changes: Counter,
+    /// Snapshots installed by state transfer.
+    pub snapshots_installed: Counter,
     /// Current view.
     pub view: Gauge,
     /// Leader of the current view.
@@ -75,6 +77,7 @@ pub struct Metrics {
     last_batches: AtomicU64,
     last_requests: AtomicU64,
     last_view_changes: AtomicU64,
+    last_snapshots: AtomicU64,
 }
 
 impl Metrics {
@@ -90,6 +93,7 @@ impl Metrics {
             requests_received: Counter::default(),
             replies_queued: Counter::default(),
             view_changes: Counter::default(),
+            snapshots_installed: Counter::default(),
             view: Gauge::default(),
             leader: Gauge::default(),
             last_executed: Gauge::default(),
@@ -117,6 +121,7 @@ impl Metrics {
             last_batches: AtomicU64::new(0),
             last_requests: AtomicU64::new(0),
             last_view_changes: AtomicU64::new(0),
+            last_snapshots: AtomicU64::new(0),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -147,6 +152,11 @@ impl Metrics {
         );
         r.register("view", "Current view", m.view.clone());
         r.register("leader", "Leader of the current view", m.leader.clone());
+        r.register(
+            "snapshots_installed",
+            "Snapshots installed by state transfer",
+            m.snapshots_installed.clone(),
+        );
         r.register(
             "last_executed",
             "Last executed sequence number",
@@ -275,6 +285,8 @@ impl Metrics {
             .inc_by(delta(&self.last_requests, stats.executed_requests));
         self.view_changes
             .inc_by(delta(&self.last_view_changes, stats.view_changes_started));
+        self.snapshots_installed
+            .inc_by(delta(&self.last_snapshots, stats.snapshots_installed));
         if let Ok(mut seen) = self.engine_rejected.lock() {
             for (reason, count) in &stats.rejected {
                 let before = seen.insert(reason, *count).unwrap_or(0);

@@ -92,7 +92,8 @@ pub(crate) fn open(data: &Path) -> Result<(Storage, OnDisk), String> {
     let checkpoint = match load.newest {
         Some(s) => {
             let path = snapshots_dir.join(snapshot_file_name(s.seq));
-            let snap: StateSnapshot = message::decode(&s.bytes)
+            // Our own checksummed file: the state may be larger than one message.
+            let snap: StateSnapshot = message::decode_limited(&s.bytes, usize::MAX)
                 .map_err(|e| format!("checkpoint {}: does not decode: {e}", path.display()))?;
             if snap.checkpoint.seq != s.seq {
                 return Err(format!(
