@@ -7,6 +7,9 @@
 #      as far as the others (state transfer of the snapshot plus the batches after it).
 # Prints CSV: size_mb,keys,load_s,load_mb_per_s,restart_all_s,rejoin_wiped_s,replica_rss_mb
 # Usage: bench/recovery.sh [SIZE_MB ...]   (default: 10 100)
+# PROTOCOL="checkpoint_interval=512 watermark_window=2048" sets protocol settings (keygen
+# --protocol): every checkpoint serializes, hashes and saves the whole state, so large states
+# want them rarer.
 # Needs redis-cli (apt-get install redis-tools), python3 and a release build
 # (cargo build --release -p shieldwall). Every process it starts is stopped by PID.
 set -euo pipefail
@@ -60,7 +63,9 @@ for size in "${SIZES[@]}"; do
   dir=$work/c$size
   ports=(); http=()
   for i in 0 1 2 3; do ports+=("127.0.0.1:$(free_port)"); http+=("127.0.0.1:$(free_port)"); done
-  "$BIN" keygen --replicas 4 --fault-model byzantine --durability durable --out "$dir" \
+  protocol=()
+  for p in ${PROTOCOL:-}; do protocol+=(--protocol "$p"); done
+  "$BIN" keygen --replicas 4 --fault-model byzantine --durability durable --out "$dir" "${protocol[@]}" \
     --addresses "$(IFS=,; echo "${ports[*]}")" --http-addresses "$(IFS=,; echo "${http[*]}")" >/dev/null
   for i in 0 1 2 3; do start_node "$i"; done
   gport=$(free_port)

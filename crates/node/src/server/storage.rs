@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, Sender};
 use shieldwall_core::message::{self, MESSAGE_BYTES_MAX};
 use shieldwall_core::{Event, Record, StateSnapshot};
 use shieldwall_storage::{
-    snapshot_file_name, RealFs, SnapshotStore, StorageError, Wal, WalOptions,
+    snapshot_file_name, Fs, RealFs, SnapshotStore, StorageError, Wal, WalOptions,
 };
 use tracing::{debug, error, info, warn};
 
@@ -51,10 +51,11 @@ pub(crate) enum StorageJob {
     Checkpoint(Box<StateSnapshot>),
 }
 
-/// The opened storage of a durable replica.
-pub(crate) struct Storage {
-    wal: Wal<RealFs>,
-    snapshots: SnapshotStore<RealFs>,
+/// The opened storage of a durable replica (on the real file system; tests inject faults with
+/// an in-memory one).
+pub(crate) struct Storage<F: Fs = RealFs> {
+    wal: Wal<F>,
+    snapshots: SnapshotStore<F>,
 }
 
 /// What a durable replica found on its disk.
@@ -160,8 +161,8 @@ pub(crate) fn open(data: &Path) -> Result<(Storage, OnDisk), String> {
 
 /// Run the storage thread until the core thread drops its end of the queue, or a storage error
 /// (fatal: reported on `fatal`).
-pub(crate) fn run_storage(
-    mut storage: Storage,
+pub(crate) fn run_storage<F: Fs>(
+    mut storage: Storage<F>,
     rx: Receiver<StorageJob>,
     core_tx: Sender<CoreInput>,
     metrics: Arc<Metrics>,
@@ -195,7 +196,7 @@ pub(crate) fn run_storage(
     debug!("storage thread stopped");
 }
 
-impl Storage {
+impl<F: Fs> Storage<F> {
     /// Carry out one group of jobs in order; the highest ticket made durable, if any.
     fn group(
         &mut self,
@@ -250,6 +251,81 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shieldwall_core::message::{CommittedBatch, PrePrepare};
+    use shieldwall_storage::MemFs;
+    use std::time::Duration;
+
+    fn record(seq: u64) -> Record {
+        Record::Committed(CommittedBatch {
+            pre_prepare: PrePrepare {
+                view: 0,
+                seq,
+                batch_digest: Default::default(),
+                batch: Vec::new(),
+            },
+            commits: Vec::new(),
+        })
+    }
+
+    /// The storage thread on an in-memory disk; `fail_after`: the disk fails every operation
+    /// after that many more. Returns what reached the core and the fatal channel.
+    fn run_on_memfs(fail_after: Option<u64>, jobs: Vec<StorageJob>) -> (Vec<u64>, Option<String>) {
+        let fs = MemFs::new();
+        let wal = Wal::open(fs.clone(), "/d/wal", WalOptions::default())
+            .unwrap()
+            .0;
+        let snapshots = SnapshotStore::open(fs.clone(), "/d/snapshots").unwrap();
+        fs.set_fail_after(fail_after);
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let (core_tx, core_rx) = crossbeam_channel::unbounded();
+        let (fatal_tx, fatal_rx) = crossbeam_channel::unbounded();
+        let metrics = Arc::new(Metrics::new(0));
+        let thread = std::thread::spawn(move || {
+            run_storage(Storage { wal, snapshots }, rx, core_tx, metrics, fatal_tx)
+        });
+        for j in jobs {
+            tx.send(j).unwrap();
+        }
+        drop(tx);
+        thread.join().unwrap();
+        let persisted = core_rx
+            .try_iter()
+            .filter_map(|input| match input {
+                CoreInput::Event(Event::Persisted { ticket }, _) => Some(ticket),
+                _ => None,
+            })
+            .collect();
+        (persisted, fatal_rx.recv_timeout(Duration::ZERO).ok())
+    }
+
+    fn append(ticket: u64) -> StorageJob {
+        StorageJob::Append {
+            ticket,
+            key: ticket,
+            record: record(ticket),
+        }
+    }
+
+    #[test]
+    fn a_group_of_records_is_reported_durable_once() {
+        let (persisted, fatal) = run_on_memfs(None, vec![append(1), append(2), append(3)]);
+        assert_eq!(fatal, None);
+        assert_eq!(persisted.last(), Some(&3), "{persisted:?}");
+    }
+
+    #[test]
+    fn a_disk_error_at_run_time_is_fatal_and_nothing_is_reported_durable() {
+        let (persisted, fatal) = run_on_memfs(Some(0), vec![append(1), append(2)]);
+        assert!(
+            persisted.is_empty(),
+            "reported durable on a failing disk: {persisted:?}"
+        );
+        let fatal = fatal.expect("the failure reaches the fatal channel");
+        assert!(
+            fatal.contains("durable storage failed") && fatal.contains("injected fault"),
+            "{fatal}"
+        );
+    }
 
     #[test]
     fn an_empty_data_directory_holds_nothing_to_recover() {
