@@ -748,7 +748,8 @@ impl World {
         }
         let auth = node.auth.clone();
         let mut actions = Vec::new();
-        let replica = if cfg.durability == Durability::Durable {
+        let on_disk = node.disk.checkpoint.is_some() || !node.disk.log.is_empty();
+        let replica = if cfg.durability == Durability::Durable && on_disk {
             let records: Vec<Record> = node.disk.log.iter().map(|e| e.2.clone()).collect();
             Replica::recover(
                 cfg,
@@ -902,6 +903,13 @@ impl World {
             Payload::Crash { victim, down_ms } => {
                 let victim = victim.unwrap_or_else(|| self.current_leader());
                 if self.crash_within_budget(victim) {
+                    if self.cfg.durability == Durability::Durable && self.net_rng.gen_bool(0.3) {
+                        // The disk is lost too: the replica restarts as an amnesiac.
+                        if self.params.trace {
+                            eprintln!("{:>6} r{victim} DISK WIPED", self.now_ms);
+                        }
+                        self.nodes[victim as usize].disk = SimDisk::default();
+                    }
                     self.push(self.now_ms + down_ms, Payload::Restart(victim));
                 }
             }

@@ -144,3 +144,53 @@ fn finding8_recovered_leader_keeps_its_proposals() {
         );
     }
 }
+
+fn durable(p: &mut SimParams) {
+    p.durable = true;
+}
+
+#[test]
+fn finding9_crash_mode_acceptor_state_survives_recovery() {
+    check(
+        "finding 9",
+        Scenario::Chaos,
+        3,
+        FaultModel::Crash,
+        56,
+        durable,
+    );
+    check(
+        "finding 9",
+        Scenario::CrashAll,
+        5,
+        FaultModel::Crash,
+        5_000_326,
+        defaults,
+    );
+}
+
+#[test]
+fn finding10_pieces_served_before_the_checkpoint_is_stable_here() {
+    check(
+        "finding 10",
+        Scenario::SkipLeader,
+        3,
+        FaultModel::Crash,
+        279,
+        durable,
+    );
+}
+
+#[test]
+fn finding11_pieces_are_asked_of_the_peers_that_hold_the_state() {
+    for seed in [3_000_835, 3_000_899] {
+        check(
+            "finding 11",
+            Scenario::Chaos,
+            3,
+            FaultModel::Crash,
+            seed,
+            defaults,
+        );
+    }
+}

@@ -125,7 +125,12 @@ pub(crate) struct Transfer {
     pub(crate) missing: usize,
     /// Pieces asked for: from whom, and until when.
     pub(crate) asked: BTreeMap<u32, (ReplicaId, u64)>,
-    pub(crate) next_peer: ReplicaId,
+    /// Peers that offered this state (they hold it): pieces are asked of them in turn.
+    pub(crate) sources: Vec<ReplicaId>,
+    /// Turns taken among the sources, and among every peer for pieces that failed once.
+    pub(crate) turn: usize,
+    /// Pieces that timed out or failed their check: asked of every peer in turn from then on.
+    pub(crate) failed: std::collections::BTreeSet<u32>,
     pub(crate) last_progress_ms: u64,
 }
 
@@ -366,8 +371,16 @@ impl Replica {
     }
 
     /// Durable mode: log `record` before anything that depends on it leaves the replica.
+    ///
+    /// Nothing is logged during amnesia recovery (a durable replica that lost its disk): a
+    /// log written then would let a second restart recover from it and vote at once, although
+    /// the votes of the incarnation before the loss are unknown. The log starts with the
+    /// NEW-VIEW that ends the recovery.
     pub(crate) fn persist(&mut self, record: crate::message::Record) {
-        if self.cfg.durability != crate::config::Durability::Durable || self.replaying {
+        if self.cfg.durability != crate::config::Durability::Durable
+            || self.replaying
+            || self.recovery.is_some()
+        {
             return;
         }
         self.tickets_issued += 1;

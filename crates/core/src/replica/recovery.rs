@@ -156,6 +156,21 @@ impl Replica {
             }
             Record::PrePrepare(pp) => {
                 let seq = pp.body.seq;
+                if !self.cfg.has_prepare_phase() && seq > self.stable.seq {
+                    // Crash mode: an accepted proposal is this acceptor's state, reported in
+                    // its view changes whatever view it came from (the newest one wins).
+                    let slot = self.slots.entry(seq).or_default();
+                    if slot
+                        .prepared_cert
+                        .as_ref()
+                        .is_none_or(|c| c.pre_prepare.body.view <= pp.body.view)
+                    {
+                        slot.prepared_cert = Some(crate::message::PreparedCert {
+                            pre_prepare: pp.clone(),
+                            prepares: Vec::new(),
+                        });
+                    }
+                }
                 let fresh = self.slots.get(&seq).is_none_or(|s| s.pre_prepare.is_none());
                 if pp.body.view == self.view
                     && self.status == Status::Normal
@@ -230,6 +245,7 @@ impl Replica {
     pub(crate) fn save_stable_checkpoint(&mut self) {
         if self.cfg.durability != Durability::Durable
             || self.replaying
+            || self.recovery.is_some()
             || self.saved_checkpoint >= self.stable.seq
         {
             return;

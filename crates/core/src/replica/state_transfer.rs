@@ -184,6 +184,12 @@ impl Replica {
     /// ahead of us and of any transfer under way.
     fn start_transfer(&mut self, from: ReplicaId, manifest: SnapshotManifest) {
         let seq = manifest.checkpoint.seq;
+        if let Some(t) = self.transfer.as_mut() {
+            if t.manifest == manifest && !t.sources.contains(&from) {
+                // Another peer holds the same state: spread the pieces over it too.
+                t.sources.push(from);
+            }
+        }
         if seq <= self.last_executed
             || self
                 .transfer
@@ -198,7 +204,9 @@ impl Replica {
             pieces: vec![None; count],
             missing: count,
             asked: Default::default(),
-            next_peer: from,
+            sources: vec![from],
+            turn: 0,
+            failed: Default::default(),
             last_progress_ms: self.now_ms,
         });
         self.fetch = None;
@@ -225,11 +233,15 @@ impl Replica {
             if t.pieces[index as usize].is_some() || t.asked.contains_key(&index) {
                 continue;
             }
-            let peer = t.next_peer;
-            t.next_peer = (t.next_peer + 1) % n;
-            if t.next_peer == me {
-                t.next_peer = (t.next_peer + 1) % n;
-            }
+            // A piece goes to the peers that offered the state; once it failed (silence or a
+            // bad piece), to every peer in turn.
+            t.turn += 1;
+            let peer = if t.failed.contains(&index) {
+                let others: Vec<ReplicaId> = (0..n).filter(|p| *p != me).collect();
+                others[t.turn % others.len()]
+            } else {
+                t.sources[t.turn % t.sources.len()]
+            };
             t.asked.insert(index, (peer, deadline));
             asks.push((peer, index));
         }
@@ -266,9 +278,17 @@ impl Replica {
             self.start_fetch();
             return;
         }
-        let before = t.asked.len();
-        t.asked.retain(|_, (_, deadline)| *deadline > now);
-        if t.asked.len() < before {
+        let late: Vec<u32> = t
+            .asked
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(index, _)| *index)
+            .collect();
+        for index in &late {
+            t.asked.remove(index);
+            t.failed.insert(*index);
+        }
+        if !late.is_empty() {
             self.request_pieces();
         }
     }
@@ -276,6 +296,9 @@ impl Replica {
     pub(crate) fn on_fetch_chunk(&mut self, f: Signed<FetchChunk>) {
         let FetchChunk { seq, index } = f.body;
         let chunk = self.cfg.chunk();
+        // The stable state, the one before it, or our own state at that checkpoint if it is
+        // not stable here yet (the requester checks every piece against its manifest, so a
+        // state that differs only costs it a retry).
         let bytes = match (&self.stable_state, &self.previous_state) {
             (Some((service, clients)), _) if self.stable.seq == seq => {
                 state_chunk(chunk, service, clients, index)
@@ -283,7 +306,10 @@ impl Replica {
             (_, Some((s, service, clients))) if *s == seq => {
                 state_chunk(chunk, service, clients, index)
             }
-            _ => return,
+            _ => match self.own_checkpoints.get(&seq) {
+                Some((_, service, clients)) => state_chunk(chunk, service, clients, index),
+                None => return,
+            },
         };
         let body = Chunk { seq, index, bytes };
         let sig = self.sign_bytes(&body.signing_bytes());
@@ -306,6 +332,7 @@ impl Replica {
         if !t.manifest.piece_matches(chunk, index, &bytes) {
             // A lying (or confused) peer: ask someone else at once.
             t.asked.remove(&index);
+            t.failed.insert(index);
             self.reject(Reject::BadStateTransfer);
             self.request_pieces();
             return;

@@ -1205,7 +1205,9 @@ fn a_snapshot_travels_in_checked_pieces_and_a_lying_peer_only_costs_retries() {
     c.replicas = (0..4)
         .map(|i| Replica::new(c.cfg.clone(), i, auth(Principal::Replica(i))).unwrap())
         .collect();
-    c.tamper_chunks = Some(1);
+    // Replica 0 is the one replica 3 asks for the state (it offers the manifest), and it
+    // forges every piece it sends.
+    c.tamper_chunks = Some(0);
     c.up[3] = false;
     for s in 1..=13 {
         c.submit(request(1, s, b"some longer operation bytes"));
@@ -1222,7 +1224,7 @@ fn a_snapshot_travels_in_checked_pieces_and_a_lying_peer_only_costs_retries() {
             .rejected
             .get("bad_state_transfer")
             .is_some_and(|n| *n >= 1),
-        "replica 1's forged pieces were refused: {:?}",
+        "replica 0's forged pieces were refused: {:?}",
         r3.stats().rejected
     );
     assert_eq!(
@@ -1233,5 +1235,45 @@ fn a_snapshot_travels_in_checked_pieces_and_a_lying_peer_only_costs_retries() {
         c.pieces_in_flight_max <= 4,
         "pieces in flight bounded: {}",
         c.pieces_in_flight_max
+    );
+}
+
+#[test]
+fn crash_mode_acceptor_state_of_an_older_view_survives_a_restart() {
+    // Crash mode has no prepared certificates: an accepted proposal is the acceptor's state,
+    // and a restarted replica must still report it in its view changes after it moved on.
+    let mut c = Cluster::durable(3, FaultModel::Crash);
+    let pp = leader_pre_prepare(vec![request(1, 1, b"accepted")]);
+    c.event(1, Event::Message(Message::PrePrepare(pp.clone())));
+    let mut out = Vec::new();
+    c.replicas[1].start_view_change(1);
+    c.replicas[1].release(&mut out);
+    c.carry_out(1, out, &mut VecDeque::new());
+    c.net.clear();
+    c.crash_and_recover(1);
+    assert_eq!(c.replicas[1].view(), 1);
+    let mut out = Vec::new();
+    c.replicas[1].start_view_change(2);
+    c.replicas[1].release(&mut out);
+    let vc = out
+        .iter()
+        .find_map(|a| match a {
+            // Logged first, sent once durable: the record is the message.
+            Action::Persist {
+                record: crate::message::Record::ViewChange(vc),
+                ..
+            } => Some(vc.clone()),
+            _ => None,
+        })
+        .expect("a view change for view 2");
+    assert_eq!(vc.body.new_view, 2);
+    assert_eq!(
+        vc.body
+            .prepared
+            .iter()
+            .map(|p| (p.pre_prepare.body.seq, p.pre_prepare.body.batch_digest))
+            .collect::<Vec<_>>(),
+        vec![(1, pp.body.batch_digest)],
+        "the accepted proposal of view 0 is reported"
     );
 }

@@ -295,6 +295,8 @@ impl Replica {
             // Amnesia recovery ends: this view's NEW-VIEW was formed from other replicas'
             // certificates, so it carries everything we may have voted for and forgotten.
             self.recovery = None;
+            // Durable mode logged nothing while recovering; the log starts here.
+            self.persist(Record::NewView(nv.clone()));
         }
         self.make_stable(checkpoint);
         for slot in self.slots.values_mut() {
