@@ -10,10 +10,8 @@ cd "$(dirname "$0")/.."
 N=${1:-20000}
 REPLICAS=${2:-4}
 BIN=target/release/shieldwall
-for tool in redis-cli redis-benchmark "$BIN"; do
-  command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || { echo "missing $tool" >&2; exit 1; }
-done
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
+need_tools redis-cli redis-benchmark "$BIN"
 work=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}")
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }

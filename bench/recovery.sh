@@ -15,12 +15,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$PWD/target/release/shieldwall
-for tool in redis-cli python3 "$BIN"; do
-  command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || { echo "missing $tool" >&2; exit 1; }
-done
+. bench/lib.sh
+need_tools redis-cli python3 "$BIN"
 SIZES=("$@")
 [ $# -eq 0 ] && SIZES=(10 100)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 work=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}")
 declare -A node_pid

@@ -10,10 +10,8 @@ cd "$(dirname "$0")/.."
 N=${1:-50000}
 REPLICAS=${2:-4}
 BIN=target/release/shieldwall
-for tool in redis-server redis-benchmark "$BIN"; do
-  command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || { echo "missing $tool" >&2; exit 1; }
-done
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
+need_tools redis-server redis-benchmark "$BIN"
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -24,6 +24,24 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Every acknowledged write reads back with its value.
+fn assert_all_readable(
+    c: &TestCluster,
+    client: &shieldwall_node::Client,
+    acked: &BTreeMap<String, String>,
+) {
+    c.rt.block_on(async {
+        for (key, value) in acked {
+            let r = client.invoke_read(get(key)).await.unwrap();
+            assert_eq!(
+                reply(&r),
+                KvReply::Bulk(value.clone().into_bytes()),
+                "{key}"
+            );
+        }
+    });
+}
+
 /// Concurrent writers through the client library: distinct keys plus one shared counter;
 /// then every value is read back.
 fn library_workload(c: &TestCluster, tag: &str, writers: usize, per_writer: usize) {
@@ -202,16 +220,7 @@ fn killing_the_leader_mid_workload_loses_no_acknowledged_write() {
             "replica {i} moved past the dead leader: {s:?}"
         );
     }
-    c.rt.block_on(async {
-        for (key, value) in &acked {
-            let r = client.invoke_read(get(key)).await.unwrap();
-            assert_eq!(
-                reply(&r),
-                KvReply::Bulk(value.clone().into_bytes()),
-                "{key}"
-            );
-        }
-    });
+    assert_all_readable(&c, &client, &acked);
 }
 
 /// Replica 3 is replaced by a harness holding its key: it sends garbage, oversized frames,
@@ -681,15 +690,8 @@ fn durable_cluster_survives_killing_every_replica_mid_workload() {
     }
     // A new client key: client key 1's requests in flight at the kill are the old client's.
     let client = c.client(2);
+    assert_all_readable(&c, &client, &acked);
     c.rt.block_on(async {
-        for (key, value) in &acked {
-            let r = client.invoke_read(get(key)).await.unwrap();
-            assert_eq!(
-                reply(&r),
-                KvReply::Bulk(value.clone().into_bytes()),
-                "{key}"
-            );
-        }
         for i in 0..20 {
             let r = client
                 .invoke(set(&format!("after-{i}"), "yes"))

@@ -189,19 +189,25 @@ impl StateSnapshot {
 
 /// Piece `index` of `service ++ clients` cut in `chunk`-byte pieces (empty past the end).
 pub fn state_chunk(chunk: usize, service: &[u8], clients: &[u8], index: u32) -> Vec<u8> {
+    let (a, b) = chunk_parts(chunk, service, clients, index);
+    [a, b].concat()
+}
+
+/// Piece `index` as the (possibly empty) part of it in `service` and the part in `clients`.
+fn chunk_parts<'a>(
+    chunk: usize,
+    service: &'a [u8],
+    clients: &'a [u8],
+    index: u32,
+) -> (&'a [u8], &'a [u8]) {
     let total = service.len() + clients.len();
     let start = (index as usize).saturating_mul(chunk).min(total);
     let end = start.saturating_add(chunk).min(total);
-    let mut out = Vec::with_capacity(end - start);
-    if start < service.len() {
-        out.extend_from_slice(&service[start..end.min(service.len())]);
-    }
-    if end > service.len() {
-        out.extend_from_slice(
-            &clients[start.max(service.len()) - service.len()..end - service.len()],
-        );
-    }
-    out
+    let split = service.len();
+    (
+        &service[start.min(split)..end.min(split)],
+        &clients[start.max(split) - split..end.max(split) - split],
+    )
 }
 
 /// Number of `chunk`-byte pieces of a `total`-byte state.
@@ -213,10 +219,21 @@ fn chunk_digest(bytes: &[u8]) -> Digest {
     Digest::of("shieldwall state chunk v2", bytes)
 }
 
+/// Every piece's digest, hashed in place (a checkpoint digests the whole state: no copy).
 fn chunk_digests(chunk: usize, service: &[u8], clients: &[u8]) -> Vec<Digest> {
     let count = chunk_count(chunk, (service.len() + clients.len()) as u64);
     (0..count)
-        .map(|i| chunk_digest(&state_chunk(chunk, service, clients, i as u32)))
+        .map(|i| {
+            let (a, b) = chunk_parts(chunk, service, clients, i as u32);
+            if b.is_empty() {
+                chunk_digest(a)
+            } else if a.is_empty() {
+                chunk_digest(b)
+            } else {
+                // The one piece that straddles the two: the only copy.
+                chunk_digest(&[a, b].concat())
+            }
+        })
         .collect()
 }
 

@@ -376,13 +376,15 @@ impl Replica {
     /// log written then would let a second restart recover from it and vote at once, although
     /// the votes of the incarnation before the loss are unknown. The log starts with the
     /// NEW-VIEW that ends the recovery.
-    pub(crate) fn persist(&mut self, record: crate::message::Record) {
+    /// `record` is built only when it is logged: memory mode (the hot path) copies nothing.
+    pub(crate) fn persist(&mut self, record: impl FnOnce() -> crate::message::Record) {
         if self.cfg.durability != crate::config::Durability::Durable
             || self.replaying
             || self.recovery.is_some()
         {
             return;
         }
+        let record = record();
         self.tickets_issued += 1;
         let key = record.seq().unwrap_or(self.stable.seq.saturating_add(1));
         self.out.push(Action::Persist {

@@ -124,7 +124,7 @@ impl Replica {
             body,
             sig,
         };
-        self.persist(Record::PrePrepare(signed.clone()));
+        self.persist(|| Record::PrePrepare(signed.clone()));
         self.broadcast(Message::PrePrepare(signed.clone()));
         self.accept_pre_prepare(signed, false);
     }
@@ -155,7 +155,7 @@ impl Replica {
     /// durable mode logs it first (proposals and NEW-VIEW re-proposals are logged already).
     pub(crate) fn accept_pre_prepare(&mut self, pp: Signed<PrePrepare>, log: bool) {
         if log {
-            self.persist(Record::PrePrepare(pp.clone()));
+            self.persist(|| Record::PrePrepare(pp.clone()));
         }
         let vote = Vote {
             view: pp.body.view,
@@ -302,8 +302,10 @@ impl Replica {
                 pre_prepare: pp.clone(),
                 prepares,
             };
-            slot.prepared_cert = Some(cert.clone());
-            self.persist(Record::Prepared(cert));
+            self.persist(|| Record::Prepared(cert.clone()));
+            if let Some(slot) = self.slots.get_mut(&seq) {
+                slot.prepared_cert = Some(cert);
+            }
         }
         let Some(slot) = self.slots.get_mut(&seq) else {
             return;
@@ -329,8 +331,10 @@ impl Replica {
                 pre_prepare: pp.body.clone(),
                 commits,
             };
-            slot.committed = Some(batch.clone());
-            self.persist(Record::Committed(batch));
+            self.persist(|| Record::Committed(batch.clone()));
+            if let Some(slot) = self.slots.get_mut(&seq) {
+                slot.committed = Some(batch);
+            }
             self.note_progress_hint(seq);
             self.try_execute();
         }

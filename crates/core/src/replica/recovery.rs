@@ -268,7 +268,7 @@ impl Replica {
                 .map(Record::NewView),
         };
         if let Some(record) = view_record {
-            self.persist(record);
+            self.persist(|| record);
         }
         self.out.push(Action::SaveCheckpoint(StateSnapshot {
             checkpoint: self.stable.clone(),

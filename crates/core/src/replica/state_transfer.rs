@@ -149,11 +149,10 @@ impl Replica {
                 continue;
             }
             self.note_progress_hint(seq);
-            let slot = self.slots.entry(seq).or_default();
-            if slot.committed.is_none() {
-                slot.committed = Some(b.clone());
+            if self.slots.get(&seq).is_none_or(|s| s.committed.is_none()) {
                 self.stats.batches_fetched += 1;
-                self.persist(Record::Committed(b));
+                self.persist(|| Record::Committed(b.clone()));
+                self.slots.entry(seq).or_default().committed = Some(b);
             }
         }
         self.try_execute();

@@ -103,7 +103,7 @@ impl Replica {
             sig,
         };
         self.latest_vc.insert(self.id, signed.clone());
-        self.persist(Record::ViewChange(signed.clone()));
+        self.persist(|| Record::ViewChange(signed.clone()));
         self.broadcast(Message::ViewChange(signed));
         self.vc_deadline_ms = Some(self.now_ms + self.vc_timeout_ms);
         self.try_send_new_view();
@@ -240,7 +240,7 @@ impl Replica {
             sig,
         };
         self.sent_new_view = Some(view);
-        self.persist(Record::NewView(nv.clone()));
+        self.persist(|| Record::NewView(nv.clone()));
         self.broadcast(Message::NewView(nv.clone()));
         self.enter_view(nv, checkpoint);
     }
@@ -269,7 +269,18 @@ impl Replica {
             }
             return;
         }
-        self.persist(Record::NewView(nv.clone()));
+        if self
+            .recovery
+            .as_ref()
+            .and_then(|r| r.floor)
+            .is_some_and(|floor| view > floor)
+        {
+            // Amnesia recovery ends: this view's NEW-VIEW was formed from other replicas'
+            // certificates, so it carries everything we may have voted for and forgotten. (In
+            // durable mode nothing was logged while recovering: the log starts here.)
+            self.recovery = None;
+        }
+        self.persist(|| Record::NewView(nv.clone()));
         self.enter_view(nv, checkpoint);
     }
 
@@ -286,18 +297,6 @@ impl Replica {
         // Relay to this view's leader whatever it has not proposed.
         self.forwarded_until = None;
         self.stats.views_entered += 1;
-        if self
-            .recovery
-            .as_ref()
-            .and_then(|r| r.floor)
-            .is_some_and(|floor| view > floor)
-        {
-            // Amnesia recovery ends: this view's NEW-VIEW was formed from other replicas'
-            // certificates, so it carries everything we may have voted for and forgotten.
-            self.recovery = None;
-            // Durable mode logged nothing while recovering; the log starts here.
-            self.persist(Record::NewView(nv.clone()));
-        }
         self.make_stable(checkpoint);
         for slot in self.slots.values_mut() {
             slot.pre_prepare = None;
