@@ -113,8 +113,8 @@ struct SimDisk {
     checkpoint: Option<StateSnapshot>,
     /// (ticket, key, record, synced)
     log: Vec<(u64, u64, Record, bool)>,
-    /// A checkpoint save waiting for the records logged before it (ticket to wait for).
-    pending_save: Option<(u64, StateSnapshot)>,
+    /// A checkpoint save waiting for the records logged before it (lands with their sync).
+    pending_save: Option<StateSnapshot>,
     /// Whether a sync is scheduled.
     sync_scheduled: bool,
 }
@@ -126,16 +126,18 @@ impl SimDisk {
         self.checkpoint = Some(snapshot);
     }
 
-    /// Everything logged so far is now durable; the highest ticket.
+    /// Everything logged so far is now durable; the highest ticket (taken before a pending
+    /// save compacts the log, which may drop the newest records).
     fn sync(&mut self) -> Option<u64> {
         self.sync_scheduled = false;
+        let highest = self.log.iter().map(|e| e.0).max();
         for e in &mut self.log {
             e.3 = true;
         }
-        if let Some((_, snap)) = self.pending_save.take() {
+        if let Some(snap) = self.pending_save.take() {
             self.save(snap);
         }
-        self.log.iter().map(|e| e.0).max()
+        highest
     }
 
     fn crash(&mut self) {
@@ -566,10 +568,11 @@ impl World {
                 }
                 Action::SaveCheckpoint(snapshot) => {
                     let disk = &mut self.nodes[r as usize].disk;
-                    match disk.log.iter().filter(|e| !e.3).map(|e| e.0).max() {
+                    if disk.log.iter().any(|e| !e.3) {
                         // Saved after the records requested before it.
-                        Some(ticket) => disk.pending_save = Some((ticket, snapshot)),
-                        None => disk.save(snapshot),
+                        disk.pending_save = Some(snapshot);
+                    } else {
+                        disk.save(snapshot);
                     }
                 }
             }
