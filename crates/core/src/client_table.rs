@@ -29,7 +29,28 @@ pub struct ClientEntry {
     /// Every request at or below `floor` has executed or can no longer execute.
     pub floor: u64,
     /// Replies of executed requests above `floor`.
+    #[serde(with = "reply_map")]
     pub replies: BTreeMap<u64, Vec<u8>>,
+}
+
+/// Replies encoded as byte arrays (one copy each) rather than sequences of `u8`; the bytes are
+/// the same.
+mod reply_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<u64, Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(k, v)| (k, Bytes::new(v))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<u64, Vec<u8>>, D::Error> {
+        let m: BTreeMap<u64, ByteBuf> = Deserialize::deserialize(d)?;
+        Ok(m.into_iter().map(|(k, v)| (k, v.into_vec())).collect())
+    }
 }
 
 /// What the table says about a request.

@@ -135,6 +135,6 @@ pub enum Action {
         /// Sequence number the snapshot is at.
         seq: Seq,
         /// Service snapshot bytes.
-        service: Vec<u8>,
+        service: bytes::Bytes,
     },
 }

@@ -4,6 +4,9 @@
 //! over the body's [`Signable::signing_bytes`]. Certificates (checkpoint, prepared, commit) are
 //! lists of such signed votes, so they can be forwarded and checked by any replica.
 
+use std::borrow::Cow;
+
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{ClientId, Digest, ReplicaId, Seq, View};
@@ -22,6 +25,7 @@ pub struct Request {
     /// Read-only requests may be answered from current state without ordering.
     pub read_only: bool,
     /// Opaque operation bytes for the service.
+    #[serde(with = "serde_bytes")]
     pub op: Vec<u8>,
 }
 
@@ -31,6 +35,7 @@ pub struct SignedRequest {
     /// The request.
     pub request: Request,
     /// The client's signature.
+    #[serde(with = "serde_bytes")]
     pub auth: Vec<u8>,
 }
 
@@ -166,24 +171,24 @@ pub struct CommittedBatch {
 pub struct StateSnapshot {
     /// The stable checkpoint certificate the state matches.
     pub checkpoint: CheckpointCert,
-    /// The service's snapshot bytes.
-    pub service: Vec<u8>,
+    /// The service's snapshot bytes (shared, not copied, between the engine and the runtime).
+    pub service: Bytes,
     /// The encoded client table.
-    pub clients: Vec<u8>,
+    pub clients: Bytes,
 }
 
 impl StateSnapshot {
-    /// The state digest a checkpoint certifies for this state: the digest of its manifest
-    /// (the lengths and the digest of every `chunk`-byte piece of `service ++ clients`), so
-    /// each piece of a transferred snapshot can be checked on its own.
-    pub fn state_digest(chunk: usize, service: &[u8], clients: &[u8]) -> Digest {
-        let chunks = chunk_digests(chunk, service, clients);
-        manifest_digest(service.len() as u64, clients.len() as u64, &chunks)
-    }
-
-    /// The manifest a replica serving this state offers.
-    pub fn manifest(&self, chunk: usize) -> SnapshotManifest {
-        SnapshotManifest::of(self.checkpoint.clone(), chunk, &self.service, &self.clients)
+    /// The pieces whose concatenation is [`encode`]`(self)`, the state bytes borrowed rather
+    /// than copied (a large state is written to disk without a second copy in memory).
+    pub fn encoded_parts(&self) -> [Cow<'_, [u8]>; 4] {
+        let mut head = encode(&self.checkpoint);
+        head.extend_from_slice(&encode(&(self.service.len() as u64)));
+        [
+            Cow::Owned(head),
+            Cow::Borrowed(&self.service[..]),
+            Cow::Owned(encode(&(self.clients.len() as u64))),
+            Cow::Borrowed(&self.clients[..]),
+        ]
     }
 }
 
@@ -219,8 +224,11 @@ fn chunk_digest(bytes: &[u8]) -> Digest {
     Digest::of("shieldwall state chunk v2", bytes)
 }
 
-/// Every piece's digest, hashed in place (a checkpoint digests the whole state: no copy).
-fn chunk_digests(chunk: usize, service: &[u8], clients: &[u8]) -> Vec<Digest> {
+/// Every piece's digest, hashed in place (a checkpoint digests the whole state: no copy). The
+/// state digest a checkpoint certifies is the digest of the manifest built from them (the
+/// lengths and every piece's digest), so each piece of a transferred state can be checked on
+/// its own.
+pub(crate) fn chunk_digests(chunk: usize, service: &[u8], clients: &[u8]) -> Vec<Digest> {
     let count = chunk_count(chunk, (service.len() + clients.len()) as u64);
     (0..count)
         .map(|i| {
@@ -237,7 +245,7 @@ fn chunk_digests(chunk: usize, service: &[u8], clients: &[u8]) -> Vec<Digest> {
         .collect()
 }
 
-fn manifest_digest(service_len: u64, clients_len: u64, chunks: &[Digest]) -> Digest {
+pub(crate) fn manifest_digest(service_len: u64, clients_len: u64, chunks: &[Digest]) -> Digest {
     let flat: Vec<u8> = chunks.iter().flat_map(|d| d.0).collect();
     Digest::of_parts(
         "shieldwall state v2",
@@ -266,21 +274,6 @@ pub struct SnapshotManifest {
 }
 
 impl SnapshotManifest {
-    /// The manifest of the state `service ++ clients` certified by `checkpoint`.
-    pub fn of(
-        checkpoint: CheckpointCert,
-        chunk: usize,
-        service: &[u8],
-        clients: &[u8],
-    ) -> SnapshotManifest {
-        SnapshotManifest {
-            checkpoint,
-            service_len: service.len() as u64,
-            clients_len: clients.len() as u64,
-            chunks: chunk_digests(chunk, service, clients),
-        }
-    }
-
     /// The state digest this manifest stands for.
     pub fn digest(&self) -> Digest {
         manifest_digest(self.service_len, self.clients_len, &self.chunks)
@@ -323,6 +316,7 @@ pub struct Chunk {
     /// The piece.
     pub index: u32,
     /// Its bytes.
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
 
@@ -399,6 +393,7 @@ pub struct Reply {
     /// Whether the reply is to an unordered read.
     pub read_only: bool,
     /// The service's result.
+    #[serde(with = "serde_bytes")]
     pub result: Vec<u8>,
 }
 
@@ -410,6 +405,7 @@ pub struct Signed<T> {
     /// The signed content.
     pub body: T,
     /// Signature over `body.signing_bytes()`.
+    #[serde(with = "serde_bytes")]
     pub sig: Vec<u8>,
 }
 
@@ -667,6 +663,45 @@ mod tests {
                 },
                 auth,
             })
+    }
+
+    proptest! {
+        #[test]
+        fn snapshot_parts_concatenate_to_its_encoding(
+            seq in any::<u64>(),
+            service_len in prop_oneof![0usize..200, 16_000usize..17_000, 2_097_100usize..2_097_200],
+            clients_len in 0usize..300,
+        ) {
+            let snap = StateSnapshot {
+                checkpoint: CheckpointCert {
+                    seq,
+                    state_digest: Digest([7; 32]),
+                    proof: Vec::new(),
+                },
+                service: vec![1; service_len].into(),
+                clients: vec![2; clients_len].into(),
+            };
+            let parts: Vec<u8> = snap.encoded_parts().concat();
+            prop_assert!(parts == encode(&snap));
+            let back: StateSnapshot = decode_limited(&parts, usize::MAX).unwrap();
+            prop_assert_eq!(back, snap);
+        }
+
+        /// Byte strings are written as byte arrays, which postcard lays out exactly like a
+        /// sequence of `u8`: the change kept the wire format.
+        #[test]
+        fn byte_strings_keep_the_sequence_layout(op in proptest::collection::vec(any::<u8>(), 0..300)) {
+            #[derive(Serialize)]
+            struct AsSequence {
+                client: ClientId,
+                req_seq: u64,
+                read_only: bool,
+                op: Vec<u8>,
+            }
+            let request = Request { client: 3, req_seq: 9, read_only: false, op: op.clone() };
+            let plain = AsSequence { client: 3, req_seq: 9, read_only: false, op };
+            prop_assert!(encode(&request) == encode(&plain));
+        }
     }
 
     fn arb_vote() -> impl Strategy<Value = Signed<Vote>> {

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub request_latency: Histogram,
     /// Durable mode: write-ahead log syncs (one fsync per group of records).
     pub storage_syncs: Counter,
+    /// Durable mode: stable checkpoints saved to disk (a newer one may replace one not saved
+    /// yet).
+    pub snapshots_saved: Counter,
     /// Durable mode: records appended to the write-ahead log.
     pub storage_records: Counter,
     /// Durable mode: seconds one group commit (write and fsync) took.
@@ -113,6 +116,7 @@ impl Metrics {
             bytes_out: Counter::default(),
             request_latency: Histogram::new(exponential_buckets(50e-6, 2.0, 18)),
             storage_syncs: Counter::default(),
+            snapshots_saved: Counter::default(),
             storage_records: Counter::default(),
             storage_sync_latency: Histogram::new(exponential_buckets(20e-6, 2.0, 18)),
             storage_queue: Gauge::default(),
@@ -232,6 +236,11 @@ impl Metrics {
             "request_latency_seconds",
             "From a request's arrival at this replica to its reply",
             m.request_latency.clone(),
+        );
+        r.register(
+            "snapshots_saved",
+            "Stable checkpoints saved to disk (durable mode)",
+            m.snapshots_saved.clone(),
         );
         r.register(
             "storage_syncs",

@@ -53,6 +53,7 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proof {
     /// Signature over [`handshake_signing_bytes`].
+    #[serde(with = "serde_bytes")]
     pub sig: Vec<u8>,
 }
 
@@ -68,6 +69,7 @@ pub struct Refused {
 pub struct MacedReply {
     /// The encoded [`shieldwall_core::Reply`]; the MAC covers exactly these bytes, so the
     /// client checks it before decoding anything.
+    #[serde(with = "serde_bytes")]
     pub reply: Vec<u8>,
     /// blake3 keyed hash of `reply` under the pairwise key.
     pub mac: [u8; 32],

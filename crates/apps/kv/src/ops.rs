@@ -29,14 +29,17 @@ pub enum KvOp {
     /// `GET key`: [`KvReply::Bulk`] with the value, or [`KvReply::Nil`] if absent.
     Get {
         /// The key to read.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// `SET key value [NX|XX] [GET]`: [`KvReply::Ok`] if written, [`KvReply::Nil`] if the
     /// condition failed; with `get`, the previous value (bulk or nil) in both cases.
     Set {
         /// The key to write.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The new value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// `NX` / `XX`.
         condition: SetCondition,
@@ -46,18 +49,21 @@ pub enum KvOp {
     /// `DEL key [key ...]`: [`KvReply::Int`] with the number of keys removed.
     Del {
         /// The keys to remove (duplicates count once).
+        #[serde(with = "byte_strings")]
         keys: Vec<Vec<u8>>,
     },
     /// `EXISTS key [key ...]`: [`KvReply::Int`] with the number of given keys that exist
     /// (a key named twice counts twice, as in Redis).
     Exists {
         /// The keys to look up.
+        #[serde(with = "byte_strings")]
         keys: Vec<Vec<u8>>,
     },
     /// `INCR` / `INCRBY key delta`: [`KvReply::Int`] with the new value. A missing key counts
     /// as 0.
     IncrBy {
         /// The key holding a decimal integer.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The amount to add.
         delta: i64,
@@ -66,6 +72,7 @@ pub enum KvOp {
     /// [`KvOp::IncrBy`] because `DECRBY key -9223372036854775808` is an error of its own.
     DecrBy {
         /// The key holding a decimal integer.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The amount to subtract.
         delta: i64,
@@ -73,24 +80,29 @@ pub enum KvOp {
     /// `APPEND key value`: [`KvReply::Int`] with the new length.
     Append {
         /// The key to append to (created if absent).
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The bytes to append.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// `STRLEN key`: [`KvReply::Int`] with the value's length (0 if absent).
     Strlen {
         /// The key to measure.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// `MGET key [key ...]`: [`KvReply::Array`] with one value or nil per key.
     MGet {
         /// The keys to read.
+        #[serde(with = "byte_strings")]
         keys: Vec<Vec<u8>>,
     },
     /// `MSET key value [key value ...]`: [`KvReply::Ok`]; all pairs are written or none
     /// (a limit error leaves the state unchanged). A key given twice takes the later value.
     MSet {
         /// The (key, value) pairs, in command order.
+        #[serde(with = "byte_pairs")]
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// `DBSIZE`: [`KvReply::Int`] with the number of keys.
@@ -99,6 +111,7 @@ pub enum KvOp {
     /// (Redis returns them in hash order). See [`crate::glob`] for the pattern syntax.
     Keys {
         /// The glob pattern.
+        #[serde(with = "serde_bytes")]
         pattern: Vec<u8>,
     },
     /// `FLUSHALL`: [`KvReply::Ok`]; removes every key.
@@ -143,9 +156,9 @@ pub enum KvReply {
     /// An integer reply.
     Int(i64),
     /// A bulk string.
-    Bulk(Vec<u8>),
+    Bulk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// An array of bulk strings or nils.
-    Array(Vec<Option<Vec<u8>>>),
+    Array(#[serde(with = "optional_byte_strings")] Vec<Option<Vec<u8>>>),
     /// An error reply. The string is the whole Redis error line without the leading `-`,
     /// starting with its code: `ERR value is not an integer or out of range`.
     Error(String),
@@ -242,6 +255,55 @@ pub(crate) fn format_integer(value: i64) -> Vec<u8> {
 pub(crate) fn varint_len(value: usize) -> usize {
     let bits = usize::BITS - value.leading_zeros();
     (bits.max(1) as usize).div_ceil(7)
+}
+
+// Byte strings are encoded as postcard byte arrays (length, then the bytes in one copy) rather
+// than as sequences of `u8` (one call per byte); the encoding is the same, only faster.
+
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(v: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|b| Bytes::new(b)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let v: Vec<ByteBuf> = Deserialize::deserialize(d)?;
+        Ok(v.into_iter().map(ByteBuf::into_vec).collect())
+    }
+}
+
+mod optional_byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(v: &[Option<Vec<u8>>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|b| b.as_deref().map(Bytes::new)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Option<Vec<u8>>>, D::Error> {
+        let v: Vec<Option<ByteBuf>> = Deserialize::deserialize(d)?;
+        Ok(v.into_iter().map(|b| b.map(ByteBuf::into_vec)).collect())
+    }
+}
+
+mod byte_pairs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+    pub fn serialize<S: Serializer>(v: &[(Vec<u8>, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|(k, v)| (Bytes::new(k), Bytes::new(v))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Pairs, D::Error> {
+        let v: Vec<(ByteBuf, ByteBuf)> = Deserialize::deserialize(d)?;
+        Ok(v.into_iter()
+            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .collect())
+    }
 }
 
 #[cfg(test)]

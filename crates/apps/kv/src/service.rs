@@ -424,10 +424,14 @@ fn serialize_entries<S: serde::Serializer>(
     entries: &&BTreeMap<Vec<u8>, Vec<u8>>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(entries.iter())
+    serializer.collect_seq(
+        entries
+            .iter()
+            .map(|(k, v)| (serde_bytes::Bytes::new(k), serde_bytes::Bytes::new(v))),
+    )
 }
 
-type SnapshotOwned = (u32, Vec<(Vec<u8>, Vec<u8>)>);
+type SnapshotOwned = (u32, Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>);
 
 impl Service for KvService {
     /// Decodes `op` (size-checked first) and applies it. Undecodable or oversized bytes get an
@@ -491,7 +495,10 @@ impl Service for KvService {
             )));
         }
         // Sorted input: the map is built in one pass.
-        self.map = entries.into_iter().collect();
+        self.map = entries
+            .into_iter()
+            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .collect();
         self.state_bytes = state_bytes;
         Ok(())
     }

@@ -3,8 +3,8 @@
 //! advances the watermarks. A replica that sees others stable beyond what it executed fetches
 //! state.
 
-use super::Replica;
-use crate::message::{Checkpoint, CheckpointCert, Message, Signable, Signed, StateSnapshot};
+use super::{HeldState, Replica};
+use crate::message::{Checkpoint, CheckpointCert, Message, Signable, Signed};
 #[cfg(test)]
 use crate::types::ReplicaId;
 use crate::types::{Digest, Seq};
@@ -14,12 +14,13 @@ impl Replica {
     /// After executing checkpoint `seq`: record the state and vote for its digest.
     pub(crate) fn take_checkpoint(&mut self, seq: Seq, service: Vec<u8>) {
         let clients = self.clients.encode();
-        let digest = StateSnapshot::state_digest(self.cfg.chunk(), &service, &clients);
+        let state = HeldState::new(self.cfg.chunk(), service.into(), clients.into());
+        let digest = state.digest;
         if seq == self.stable.seq && digest == self.stable.state_digest {
             // The checkpoint became stable before we executed it: now we can serve its state.
-            self.stable_state = Some((service.clone(), clients.clone()));
+            self.stable_state = Some(state.clone());
         }
-        self.own_checkpoints.insert(seq, (digest, service, clients));
+        self.own_checkpoints.insert(seq, state);
         if self.may_vote() {
             let body = Checkpoint {
                 seq,
@@ -114,14 +115,13 @@ impl Replica {
         self.previous_state = self
             .stable_state
             .take()
-            .map(|(service, clients)| (self.stable.seq, service, clients));
+            .map(|state| (self.stable.seq, state));
         self.stable_manifest = None;
-        self.stable_state = match self.own_checkpoints.get(&seq) {
-            Some((d, service, clients)) if *d == cert.state_digest => {
-                Some((service.clone(), clients.clone()))
-            }
-            _ => None,
-        };
+        self.stable_state = self
+            .own_checkpoints
+            .get(&seq)
+            .filter(|state| state.digest == cert.state_digest)
+            .cloned();
         self.stable = cert;
         self.stats.stable_checkpoints += 1;
         // PBFT 4.3 discards the log up to the stable checkpoint. A replica whose service lags

@@ -20,7 +20,7 @@ use crate::client_table::ClientTable;
 use crate::config::{Config, ConfigError};
 use crate::message::{
     Checkpoint, CheckpointCert, Message, NewView, PrePrepare, PreparedCert, Signed, SignedRequest,
-    ViewChange, Vote,
+    SnapshotManifest, ViewChange, Vote,
 };
 use crate::types::{ClientId, Digest, ReplicaId, Seq, View};
 use crate::verify::Reject;
@@ -117,6 +117,47 @@ impl Recovery {
     }
 }
 
+/// A replica's state at a checkpoint: the service snapshot, the encoded client table and the
+/// digest of every transfer piece (hashed once, when the checkpoint is taken). Cloning shares
+/// the bytes: the checkpoint records, the state served to peers and the snapshot saved to disk
+/// are one copy.
+#[derive(Clone, Debug)]
+pub(crate) struct HeldState {
+    pub(crate) digest: Digest,
+    pub(crate) service: bytes::Bytes,
+    pub(crate) clients: bytes::Bytes,
+    pub(crate) chunks: Arc<[Digest]>,
+}
+
+impl HeldState {
+    pub(crate) fn new(chunk: usize, service: bytes::Bytes, clients: bytes::Bytes) -> HeldState {
+        let chunks = crate::message::chunk_digests(chunk, &service, &clients);
+        let digest =
+            crate::message::manifest_digest(service.len() as u64, clients.len() as u64, &chunks);
+        HeldState {
+            digest,
+            service,
+            clients,
+            chunks: chunks.into(),
+        }
+    }
+
+    /// Piece `index` (empty past the end).
+    pub(crate) fn piece(&self, chunk: usize, index: u32) -> Vec<u8> {
+        crate::message::state_chunk(chunk, &self.service, &self.clients, index)
+    }
+
+    /// The manifest of this state under `checkpoint`.
+    pub(crate) fn manifest(&self, checkpoint: CheckpointCert) -> SnapshotManifest {
+        SnapshotManifest {
+            checkpoint,
+            service_len: self.service.len() as u64,
+            clients_len: self.clients.len() as u64,
+            chunks: self.chunks.to_vec(),
+        }
+    }
+}
+
 /// A snapshot being fetched piece by piece (checked against its manifest).
 #[derive(Clone, Debug)]
 pub(crate) struct Transfer {
@@ -175,8 +216,8 @@ pub struct Replica {
 
     // Checkpoints.
     pub(crate) stable: CheckpointCert,
-    pub(crate) stable_state: Option<(Vec<u8>, Vec<u8>)>,
-    pub(crate) own_checkpoints: BTreeMap<Seq, (Digest, Vec<u8>, Vec<u8>)>,
+    pub(crate) stable_state: Option<HeldState>,
+    pub(crate) own_checkpoints: BTreeMap<Seq, HeldState>,
     pub(crate) checkpoint_votes: BTreeMap<Seq, BTreeMap<ReplicaId, Signed<Checkpoint>>>,
     pub(crate) ahead_checkpoints: BTreeMap<ReplicaId, Seq>,
     pub(crate) checkpoint_resend_ms: u64,
@@ -198,8 +239,8 @@ pub struct Replica {
     /// The manifest of the stable state (computed on the first request for it).
     pub(crate) stable_manifest: Option<crate::message::SnapshotManifest>,
     /// The previous stable state, still served to transfers that started before the last
-    /// checkpoint became stable: (checkpoint, service, clients).
-    pub(crate) previous_state: Option<(Seq, Vec<u8>, Vec<u8>)>,
+    /// checkpoint became stable.
+    pub(crate) previous_state: Option<(Seq, HeldState)>,
 
     // Durable mode (ADR 007).
     /// Tickets handed out by `persist`.

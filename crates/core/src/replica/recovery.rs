@@ -8,7 +8,7 @@
 
 use thiserror::Error;
 
-use super::{Replica, Status};
+use super::{HeldState, Replica, Status};
 use crate::client_table::ClientTable;
 use crate::config::{ConfigError, Durability};
 use crate::message::{Message, Record, StateSnapshot};
@@ -64,8 +64,8 @@ impl Replica {
         let mut restore = None;
         if let Some(snap) = checkpoint {
             let seq = snap.checkpoint.seq;
-            let digest = StateSnapshot::state_digest(r.cfg.chunk(), &snap.service, &snap.clients);
-            if digest != snap.checkpoint.state_digest {
+            let state = HeldState::new(r.cfg.chunk(), snap.service.clone(), snap.clients.clone());
+            if state.digest != snap.checkpoint.state_digest {
                 return Err(RecoverError::BadCheckpoint {
                     seq,
                     why: "state digest does not match the certificate".into(),
@@ -78,9 +78,8 @@ impl Replica {
                 })?;
             r.last_executed = seq;
             r.next_seq = seq + 1;
-            r.own_checkpoints
-                .insert(seq, (digest, snap.service.clone(), snap.clients.clone()));
-            r.stable_state = Some((snap.service.clone(), snap.clients));
+            r.own_checkpoints.insert(seq, state.clone());
+            r.stable_state = Some(state);
             r.stable = snap.checkpoint;
             r.saved_checkpoint = seq;
             restore = Some(Action::Restore {
@@ -250,7 +249,10 @@ impl Replica {
         {
             return;
         }
-        let Some((service, clients)) = self.stable_state.clone() else {
+        let Some(HeldState {
+            service, clients, ..
+        }) = self.stable_state.clone()
+        else {
             return;
         };
         self.saved_checkpoint = self.stable.seq;

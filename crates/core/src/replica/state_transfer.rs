@@ -7,11 +7,11 @@
 //! a bounded number of pieces in flight, and a peer that lies or stays silent only costs a
 //! retry elsewhere.
 
-use super::{FetchState, Replica, Transfer};
+use super::{FetchState, HeldState, Replica, Transfer};
 use crate::client_table::ClientTable;
 use crate::message::{
-    state_chunk, Chunk, Fetch, FetchChunk, FetchReply, Message, Record, Signable, Signed,
-    SnapshotManifest, StateSnapshot,
+    CheckpointCert, Chunk, Fetch, FetchChunk, FetchReply, Message, Record, Signable, Signed,
+    SnapshotManifest,
 };
 use crate::types::{ReplicaId, Seq};
 use crate::verify::Reject;
@@ -168,13 +168,8 @@ impl Replica {
     /// The manifest of our stable state, if we hold that state (computed once per checkpoint).
     fn stable_manifest(&mut self) -> Option<SnapshotManifest> {
         if self.stable_manifest.is_none() {
-            let (service, clients) = self.stable_state.as_ref()?;
-            self.stable_manifest = Some(SnapshotManifest::of(
-                self.stable.clone(),
-                self.cfg.chunk(),
-                service,
-                clients,
-            ));
+            let state = self.stable_state.as_ref()?;
+            self.stable_manifest = Some(state.manifest(self.stable.clone()));
         }
         self.stable_manifest.clone()
     }
@@ -299,14 +294,10 @@ impl Replica {
         // not stable here yet (the requester checks every piece against its manifest, so a
         // state that differs only costs it a retry).
         let bytes = match (&self.stable_state, &self.previous_state) {
-            (Some((service, clients)), _) if self.stable.seq == seq => {
-                state_chunk(chunk, service, clients, index)
-            }
-            (_, Some((s, service, clients))) if *s == seq => {
-                state_chunk(chunk, service, clients, index)
-            }
+            (Some(state), _) if self.stable.seq == seq => state.piece(chunk, index),
+            (_, Some((s, state))) if *s == seq => state.piece(chunk, index),
             _ => match self.own_checkpoints.get(&seq) {
-                Some((_, service, clients)) => state_chunk(chunk, service, clients, index),
+                Some(state) => state.piece(chunk, index),
                 None => return,
             },
         };
@@ -355,11 +346,13 @@ impl Replica {
         }
         let clients = all.split_off(service_len.min(all.len()));
         if t.manifest.checkpoint.seq > self.last_executed {
-            self.install_snapshot(StateSnapshot {
-                checkpoint: t.manifest.checkpoint,
-                service: all,
-                clients,
-            });
+            let state = HeldState {
+                digest: t.manifest.checkpoint.state_digest,
+                service: all.into(),
+                clients: clients.into(),
+                chunks: t.manifest.chunks.into(),
+            };
+            self.install_snapshot(t.manifest.checkpoint, state);
         }
         self.try_execute();
         if self.behind() {
@@ -368,12 +361,12 @@ impl Replica {
     }
 
     /// Replace our state with a certified snapshot (already checked against its certificate).
-    fn install_snapshot(&mut self, snap: StateSnapshot) {
-        let Ok(clients) = ClientTable::decode(&snap.clients) else {
+    fn install_snapshot(&mut self, checkpoint: CheckpointCert, state: HeldState) {
+        let Ok(clients) = ClientTable::decode(&state.clients) else {
             self.reject(Reject::BadStateTransfer);
             return;
         };
-        let seq = snap.checkpoint.seq;
+        let seq = checkpoint.seq;
         self.clients = clients;
         self.last_executed = seq;
         self.last_progress_ms = self.now_ms;
@@ -381,20 +374,13 @@ impl Replica {
         self.stats.snapshots_installed += 1;
         self.out.push(Action::Restore {
             seq,
-            service: snap.service.clone(),
+            service: state.service.clone(),
         });
-        self.own_checkpoints.insert(
-            seq,
-            (
-                snap.checkpoint.state_digest,
-                snap.service.clone(),
-                snap.clients.clone(),
-            ),
-        );
+        self.own_checkpoints.insert(seq, state.clone());
         if seq > self.stable.seq {
-            self.make_stable(snap.checkpoint);
+            self.make_stable(checkpoint);
         } else if seq == self.stable.seq {
-            self.stable_state = Some((snap.service, snap.clients));
+            self.stable_state = Some(state);
         }
         let stale: Vec<_> = self
             .pending

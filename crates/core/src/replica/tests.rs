@@ -909,7 +909,7 @@ fn a_late_stable_checkpoint_keeps_the_slots_above_it() {
     }
     assert_eq!(c.replicas[1].last_executed(), 8);
     assert_eq!(c.replicas[1].stable_checkpoint(), 0);
-    let digest = c.replicas[1].own_checkpoints[&4].0;
+    let digest = c.replicas[1].own_checkpoints[&4].digest;
     for from in [0, 2, 3] {
         let body = crate::message::Checkpoint {
             seq: 4,

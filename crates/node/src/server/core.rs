@@ -42,7 +42,7 @@ pub(crate) enum ExecJob {
     },
     Restore {
         seq: u64,
-        service: Vec<u8>,
+        service: bytes::Bytes,
     },
 }
 

@@ -6,8 +6,13 @@
 //! full queue makes the core wait: records are never dropped). The thread takes everything
 //! queued, appends it, syncs once for the whole group (group commit) and reports the highest
 //! durable ticket back to the core as [`Event::Persisted`], which releases the outputs the
-//! engine held for those records. A checkpoint is saved after the records requested before it
-//! are durable, then the log drops what the checkpoint covers.
+//! engine held for those records.
+//!
+//! A checkpoint is handed, once the records requested before it are durable, to a snapshot
+//! writer thread, so that writing a large state never delays the log's syncs (and with them
+//! every output of the replica). When the save is durable, the log drops what the checkpoint
+//! covers. A checkpoint that arrives while an older one waits for the writer replaces it (only
+//! the newest state matters; the log keeps everything after the last saved one).
 //!
 //! Every storage error is fatal: the thread logs it (the error names the file, and the offset
 //! for corruption), reports it on the fatal channel, and stops; the process exits non-zero.
@@ -17,7 +22,7 @@
 //! [`Action::SaveCheckpoint`]: shieldwall_core::Action::SaveCheckpoint
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -159,48 +164,164 @@ pub(crate) fn open(data: &Path) -> Result<(Storage, OnDisk), String> {
     ))
 }
 
-/// Run the storage thread until the core thread drops its end of the queue, or a storage error
-/// (fatal: reported on `fatal`).
+/// Run the storage thread (and its snapshot writer) until the core thread drops its end of the
+/// queue, or a storage error (fatal: reported on `fatal`).
 pub(crate) fn run_storage<F: Fs>(
-    mut storage: Storage<F>,
+    storage: Storage<F>,
     rx: Receiver<StorageJob>,
     core_tx: Sender<CoreInput>,
     metrics: Arc<Metrics>,
     fatal: Sender<String>,
 ) {
-    let dir: PathBuf = storage.wal.dir().to_path_buf();
-    while let Ok(first) = rx.recv() {
-        let mut jobs = Vec::with_capacity(rx.len() + 1);
-        jobs.push(first);
-        while jobs.len() < GROUP_JOBS_MAX {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
+    let Storage { wal, snapshots } = storage;
+    let mut log = Log { wal };
+    let dir: PathBuf = log.wal.dir().to_path_buf();
+    let pending = SaveSlot::default();
+    let (saved_tx, saved_rx) = crossbeam_channel::unbounded::<u64>();
+    std::thread::scope(|scope| {
+        let writer = {
+            let (pending, fatal) = (&pending, fatal.clone());
+            let name = std::thread::current()
+                .name()
+                .map_or_else(|| "snapshot-writer".to_owned(), |n| format!("{n}-snap"));
+            std::thread::Builder::new()
+                .name(name)
+                .spawn_scoped(scope, move || {
+                    write_snapshots(snapshots, pending, saved_tx, fatal);
+                })
+        };
+        if let Err(e) = writer {
+            let _ = fatal.send(format!("cannot start the snapshot writer thread: {e}"));
+            return;
         }
-        match storage.group(jobs, &metrics) {
-            Ok(Some(ticket)) => {
-                let event = Event::Persisted { ticket };
-                if core_tx.send(CoreInput::Event(event, None)).is_err() {
-                    break;
+        let failed = |e: StorageError| {
+            error!(wal = %dir.display(), "{e}; stopping the replica");
+            let _ = fatal.send(format!("durable storage failed: {e}"));
+        };
+        loop {
+            crossbeam_channel::select! {
+                recv(rx) -> first => {
+                    let Ok(first) = first else { break };
+                    let mut jobs = Vec::with_capacity(rx.len() + 1);
+                    jobs.push(first);
+                    while jobs.len() < GROUP_JOBS_MAX {
+                        match rx.try_recv() {
+                            Ok(j) => jobs.push(j),
+                            Err(_) => break,
+                        }
+                    }
+                    match log.group(jobs, &pending, &metrics) {
+                        Ok(Some(ticket)) => {
+                            let event = Event::Persisted { ticket };
+                            if core_tx.send(CoreInput::Event(event, None)).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            failed(e);
+                            break;
+                        }
+                    }
+                }
+                recv(saved_rx) -> seq => {
+                    // The writer stopped (an error it reported as fatal): so do we.
+                    let Ok(seq) = seq else { break };
+                    match log.wal.compact(seq.saturating_add(1)) {
+                        Ok(segments) => {
+                            metrics.snapshots_saved.inc();
+                            debug!(seq, segments, "saved a checkpoint and compacted the log");
+                        }
+                        Err(e) => {
+                            failed(e);
+                            break;
+                        }
+                    }
                 }
             }
-            Ok(None) => {}
-            Err(e) => {
-                error!(wal = %dir.display(), "{e}; stopping the replica");
-                let _ = fatal.send(format!("durable storage failed: {e}"));
-                return;
-            }
         }
-    }
+        pending.close();
+    });
     debug!("storage thread stopped");
 }
 
-impl<F: Fs> Storage<F> {
+/// The checkpoint waiting for the snapshot writer: a newer one replaces it.
+#[derive(Default)]
+struct SaveSlot {
+    state: Mutex<(Option<Box<StateSnapshot>>, bool)>,
+    ready: Condvar,
+}
+
+impl SaveSlot {
+    fn put(&self, snap: Box<StateSnapshot>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = state.0.replace(snap) {
+            debug!(
+                seq = old.checkpoint.seq,
+                "a newer checkpoint replaces one not saved yet"
+            );
+        }
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+        self.ready.notify_one();
+    }
+
+    /// The next checkpoint to save; `None` once closed and empty (a replica that stops saves the
+    /// checkpoint it was handed last, so its next start replays less log).
+    fn take(&self) -> Option<Box<StateSnapshot>> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(snap) = state.0.take() {
+                return Some(snap);
+            }
+            if state.1 {
+                return None;
+            }
+            state = self
+                .ready
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// The snapshot writer: saves each checkpoint handed over (atomically, fsynced) and reports its
+/// sequence number, so the storage thread compacts the log below it.
+fn write_snapshots<F: Fs>(
+    mut snapshots: SnapshotStore<F>,
+    pending: &SaveSlot,
+    saved: Sender<u64>,
+    fatal: Sender<String>,
+) {
+    while let Some(snap) = pending.take() {
+        let seq = snap.checkpoint.seq;
+        let parts = snap.encoded_parts();
+        let parts: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+        if let Err(e) = snapshots.save_parts(seq, &parts) {
+            error!(snapshots = %snapshots.dir().display(), "{e}; stopping the replica");
+            let _ = fatal.send(format!("durable storage failed: {e}"));
+            return;
+        }
+        if saved.send(seq).is_err() {
+            return;
+        }
+    }
+}
+
+/// The write-ahead log as the storage thread uses it.
+struct Log<F: Fs> {
+    wal: Wal<F>,
+}
+
+impl<F: Fs> Log<F> {
     /// Carry out one group of jobs in order; the highest ticket made durable, if any.
     fn group(
         &mut self,
         jobs: Vec<StorageJob>,
+        pending: &SaveSlot,
         metrics: &Metrics,
     ) -> Result<Option<u64>, StorageError> {
         let mut highest = None;
@@ -217,13 +338,10 @@ impl<F: Fs> Storage<F> {
                     highest = Some(ticket);
                 }
                 StorageJob::Checkpoint(snap) => {
-                    // The checkpoint comes after the records requested before it: once it is
-                    // on disk, they must be too.
+                    // The records requested before the checkpoint (among them the view record
+                    // written again above it) are durable before the log can be compacted.
                     self.sync(&mut unsynced, metrics)?;
-                    let seq = snap.checkpoint.seq;
-                    self.snapshots.save(seq, &message::encode(&*snap))?;
-                    let segments = self.wal.compact(seq.saturating_add(1))?;
-                    debug!(seq, segments, "saved a checkpoint and compacted the log");
+                    pending.put(snap);
                 }
             }
         }
@@ -270,7 +388,15 @@ mod tests {
     /// The storage thread on an in-memory disk; `fail_after`: the disk fails every operation
     /// after that many more. Returns what reached the core and the fatal channel.
     fn run_on_memfs(fail_after: Option<u64>, jobs: Vec<StorageJob>) -> (Vec<u64>, Option<String>) {
-        let fs = MemFs::new();
+        let (persisted, fatal, _) = run_on(MemFs::new(), fail_after, jobs);
+        (persisted, fatal)
+    }
+
+    fn run_on(
+        fs: MemFs,
+        fail_after: Option<u64>,
+        jobs: Vec<StorageJob>,
+    ) -> (Vec<u64>, Option<String>, MemFs) {
         let wal = Wal::open(fs.clone(), "/d/wal", WalOptions::default())
             .unwrap()
             .0;
@@ -295,7 +421,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        (persisted, fatal_rx.recv_timeout(Duration::ZERO).ok())
+        (persisted, fatal_rx.recv_timeout(Duration::ZERO).ok(), fs)
     }
 
     fn append(ticket: u64) -> StorageJob {
@@ -311,6 +437,34 @@ mod tests {
         let (persisted, fatal) = run_on_memfs(None, vec![append(1), append(2), append(3)]);
         assert_eq!(fatal, None);
         assert_eq!(persisted.last(), Some(&3), "{persisted:?}");
+    }
+
+    #[test]
+    fn a_checkpoint_is_saved_by_the_writer_without_holding_the_records_after_it() {
+        let snap = StateSnapshot {
+            checkpoint: shieldwall_core::CheckpointCert {
+                seq: 2,
+                state_digest: Default::default(),
+                proof: Vec::new(),
+            },
+            service: bytes::Bytes::from_static(b"the service state"),
+            clients: bytes::Bytes::from_static(b"clients"),
+        };
+        let jobs = vec![
+            append(1),
+            append(2),
+            StorageJob::Checkpoint(Box::new(snap.clone())),
+            append(3),
+        ];
+        let (persisted, fatal, fs) = run_on(MemFs::new(), None, jobs);
+        assert_eq!(fatal, None);
+        assert_eq!(persisted.last(), Some(&3), "{persisted:?}");
+        // The storage thread waits for its writer before it stops: the save is on disk.
+        let store = SnapshotStore::open(fs, "/d/snapshots").unwrap();
+        let newest = store.load_newest().unwrap().newest.expect("the checkpoint was saved");
+        assert_eq!(newest.seq, 2);
+        let back: StateSnapshot = message::decode_limited(&newest.bytes, usize::MAX).unwrap();
+        assert_eq!(back, snap);
     }
 
     #[test]
