@@ -493,6 +493,14 @@ async fn bench_one(
         }
     };
     progress.finish();
+    // The open loop may finish just before the window's last tick: take the last sample now.
+    if after.is_none() {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(window.end)).await;
+        after = Some((
+            cpu_sample(&processes),
+            probe::commit_counters(cluster).await,
+        ));
+    }
     let ops = tally.ops();
     let (cpu, batch_size_mean) = match (before, after) {
         (Some((cpu0, m0)), Some((cpu1, m1))) => {
