@@ -30,6 +30,7 @@ pub fn throughput_latency_svg(path: &Path, title: &str, runs: &[RunResult]) -> R
     chart
         .configure_mesh()
         .x_desc("throughput (operations/s)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("latency at the client (ms)")
         .draw()
         .map_err(|e| err(&e))?;
@@ -53,11 +54,12 @@ pub fn throughput_latency_svg(path: &Path, title: &str, runs: &[RunResult]) -> R
     // Client counts next to the p99 points.
     chart
         .draw_series(runs.iter().zip(&p99).map(|(r, &(x, y))| {
-            Text::new(
-                format!("{} cl", r.clients),
-                (x, y),
-                ("sans-serif", 13).into_font().color(&BLACK),
-            )
+            EmptyElement::at((x, y))
+                + Text::new(
+                    format!("{} cl", r.clients),
+                    (6, -18),
+                    ("sans-serif", 13).into_font().color(&BLACK),
+                )
         }))
         .map_err(|e| err(&e))?;
     chart
