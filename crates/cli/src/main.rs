@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod client;
 mod gateway;
 mod keygen;
@@ -43,12 +44,18 @@ enum Command {
     Status(status::StatusArgs),
     /// Run the deterministic cluster simulator.
     Sim(sim::SimArgs),
+    /// Measure throughput and latency: a load generator against a local cluster it starts
+    /// (or a running one), with results as a table, CSV, JSON and plots.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Sim(_)) {
-        init_logs();
+    match cli.command {
+        Command::Sim(_) => {}
+        // Warnings only, so that log lines do not break up the progress display.
+        Command::Bench(_) => init_logs("warn"),
+        _ => init_logs("info"),
     }
     let result = match cli.command {
         Command::Sim(args) => return sim::sim(args),
@@ -67,6 +74,7 @@ fn main() -> ExitCode {
         Command::KvGateway(args) => gateway::run(args).map(|()| true),
         Command::Client(args) => client::run(args),
         Command::Status(args) => status::run(args),
+        Command::Bench(args) => bench::run(args).map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -78,10 +86,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level (info).
-fn init_logs() {
+/// Logs to stderr; `RUST_LOG` overrides the default level.
+fn init_logs(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
