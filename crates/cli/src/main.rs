@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod gateway;
+mod health;
 mod keygen;
 mod local;
 mod node;
@@ -41,6 +42,8 @@ enum Command {
     Client(client::ClientArgs),
     /// Show every replica's view, leader and progress; exits non-zero without a quorum.
     Status(status::StatusArgs),
+    /// Ask one replica whether it is ready (GET /ready); exits 0 if it is (for health checks).
+    Health(health::HealthArgs),
     /// Run the deterministic cluster simulator.
     Sim(sim::SimArgs),
 }
@@ -54,6 +57,15 @@ fn main() -> ExitCode {
         Command::Sim(args) => return sim::sim(args),
         Command::Local(args) => local::run(args).map(|()| true),
         Command::Keygen(args) => keygen::keygen(&args).map(|g| {
+            if g.kept {
+                println!(
+                    "kept {} (replicas {}, client keys {}): --keep-existing",
+                    g.cluster_file.display(),
+                    g.cluster.n(),
+                    g.cluster.clients.len()
+                );
+                return true;
+            }
             println!(
                 "wrote {} and the key files of {} replicas and {} client keys in {}",
                 g.cluster_file.display(),
@@ -67,6 +79,7 @@ fn main() -> ExitCode {
         Command::KvGateway(args) => gateway::run(args).map(|()| true),
         Command::Client(args) => client::run(args),
         Command::Status(args) => status::run(args),
+        Command::Health(args) => health::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
