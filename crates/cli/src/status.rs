@@ -88,7 +88,7 @@ pub fn run(args: StatusArgs) -> Result<bool, String> {
         }
     } else {
         println!(
-            "{:<8} {:<22} {:<10} {:>6} {:>7} {:<14} {:>10} {:>10} {:>8}  {}",
+            "{:<8} {:<22} {:<10} {:>6} {:>7} {:<14} {:>10} {:>10} {:>8}  ready",
             "replica",
             "address",
             "reachable",
@@ -98,7 +98,6 @@ pub fn run(args: StatusArgs) -> Result<bool, String> {
             "executed",
             "stable",
             "peers",
-            "ready"
         );
         for ((r, entry), ready) in results.iter().zip(&cluster.replicas).zip(&readiness) {
             match r {
