@@ -48,6 +48,10 @@ pub struct KeygenArgs {
     /// Protocol setting, `name=value` (any field of the `[protocol]` table), repeatable.
     #[arg(long = "protocol", value_name = "NAME=VALUE")]
     pub protocol: Vec<String>,
+    /// If DIR already holds a cluster file for this many replicas and every key file, keep
+    /// them and succeed (a one-shot keygen container that runs at every `compose up`).
+    #[arg(long)]
+    pub keep_existing: bool,
 }
 
 /// The files written.
@@ -55,11 +59,52 @@ pub struct KeygenArgs {
 pub struct Generated {
     pub cluster_file: PathBuf,
     pub cluster: ClusterConfig,
+    /// The files were there already (`--keep-existing`); nothing was written.
+    pub kept: bool,
+}
+
+/// The cluster in `out` if its cluster file exists: checked to have `replicas` replicas and
+/// every key file.
+fn existing(out: &Path, replicas: u32) -> Result<Option<Generated>, String> {
+    let cluster_file = out.join("cluster.toml");
+    if !cluster_file.exists() {
+        return Ok(None);
+    }
+    let cluster = ClusterConfig::load(&cluster_file).map_err(|e| e.to_string())?;
+    if cluster.n() != replicas {
+        return Err(format!(
+            "{} has {} replicas, not {replicas}; remove it to generate a new cluster",
+            cluster_file.display(),
+            cluster.n()
+        ));
+    }
+    let keys = (0..cluster.n())
+        .map(|i| cluster.replica_key_path(i))
+        .chain((0..cluster.clients.len() as u64).map(|j| cluster.client_key_path(j)));
+    for key in keys {
+        if !key.exists() {
+            return Err(format!(
+                "{} exists but {} is missing; remove the directory's files to start over",
+                cluster_file.display(),
+                key.display()
+            ));
+        }
+    }
+    Ok(Some(Generated {
+        cluster_file,
+        cluster,
+        kept: true,
+    }))
 }
 
 /// Generate keys and write the files.
 pub fn keygen(args: &KeygenArgs) -> Result<Generated, String> {
     let n = args.replicas;
+    if args.keep_existing {
+        if let Some(g) = existing(&args.out, n)? {
+            return Ok(g);
+        }
+    }
     if args.host.len() != 1 && args.host.len() != n as usize {
         return Err(format!(
             "--host: give one host for all replicas or one per replica ({n}), got {}",
@@ -159,6 +204,7 @@ pub fn generate(
     Ok(Generated {
         cluster_file,
         cluster,
+        kept: false,
     })
 }
 
@@ -183,6 +229,7 @@ mod tests {
             addresses: vec![],
             http_addresses: vec![],
             protocol: vec![],
+            keep_existing: false,
         }
     }
 
@@ -235,5 +282,26 @@ mod tests {
         let g = keygen(&a).unwrap();
         let c = ClusterConfig::load(&g.cluster_file).unwrap();
         assert_eq!(c.protocol.durability, Durability::Durable);
+    }
+
+    #[test]
+    fn keep_existing_reuses_a_complete_cluster_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = args(dir.path());
+        a.keep_existing = true;
+        a.host = ["replica0", "replica1", "replica2", "replica3"]
+            .map(String::from)
+            .to_vec();
+        let first = keygen(&a).unwrap();
+        assert!(!first.kept);
+        assert_eq!(first.cluster.replicas[3].address, "replica3:7003");
+        let again = keygen(&a).unwrap();
+        assert!(again.kept);
+        assert_eq!(again.cluster.cluster_id, first.cluster.cluster_id);
+        a.replicas = 7;
+        assert!(keygen(&a).unwrap_err().contains("not 7"));
+        a.replicas = 4;
+        std::fs::remove_file(first.cluster.client_key_path(1)).unwrap();
+        assert!(keygen(&a).unwrap_err().contains("client-1.key"));
     }
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod client;
 mod gateway;
+mod health;
 mod keygen;
 mod local;
 mod node;
@@ -42,6 +43,8 @@ enum Command {
     Client(client::ClientArgs),
     /// Show every replica's view, leader and progress; exits non-zero without a quorum.
     Status(status::StatusArgs),
+    /// Ask one replica whether it is ready (GET /ready); exits 0 if it is (for health checks).
+    Health(health::HealthArgs),
     /// Run the deterministic cluster simulator.
     Sim(sim::SimArgs),
     /// Measure throughput and latency: a load generator against a local cluster it starts
@@ -61,6 +64,15 @@ fn main() -> ExitCode {
         Command::Sim(args) => return sim::sim(args),
         Command::Local(args) => local::run(args).map(|()| true),
         Command::Keygen(args) => keygen::keygen(&args).map(|g| {
+            if g.kept {
+                println!(
+                    "kept {} (replicas {}, client keys {}): --keep-existing",
+                    g.cluster_file.display(),
+                    g.cluster.n(),
+                    g.cluster.clients.len()
+                );
+                return true;
+            }
             println!(
                 "wrote {} and the key files of {} replicas and {} client keys in {}",
                 g.cluster_file.display(),
@@ -75,6 +87,7 @@ fn main() -> ExitCode {
         Command::Client(args) => client::run(args),
         Command::Status(args) => status::run(args),
         Command::Bench(args) => bench::run(args).map(|()| true),
+        Command::Health(args) => health::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

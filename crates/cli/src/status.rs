@@ -17,6 +17,9 @@ pub struct StatusArgs {
     /// Print one JSON object per replica instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Exit non-zero unless every replica is reachable and ready (in sync), not just a quorum.
+    #[arg(long)]
+    pub all_ready: bool,
 }
 
 /// Each replica's status, or why it could not be had (asked in parallel).
@@ -51,13 +54,32 @@ pub fn run(args: StatusArgs) -> Result<bool, String> {
     let rt = crate::runtime()?;
     let results = rt.block_on(query(&cluster, Duration::from_millis(args.timeout_ms)));
     let up = results.iter().filter(|r| r.is_ok()).count();
+    // Readiness as `GET /ready` has it, with the peers' progress taken from this query.
+    let readiness: Vec<Result<(), String>> = results
+        .iter()
+        .map(|r| {
+            let s = r.as_ref().map_err(|_| "unreachable".to_string())?;
+            let peers: Vec<u64> = results
+                .iter()
+                .flatten()
+                .filter(|p| p.id != s.id)
+                .map(|p| p.last_executed)
+                .collect();
+            s.readiness_with_peers(&peers)
+        })
+        .collect();
+    let ready = readiness.iter().filter(|r| r.is_ok()).count();
     let quorum = cluster.protocol.quorum();
     if args.json {
-        for (r, entry) in results.iter().zip(&cluster.replicas) {
+        for ((r, entry), ready) in results.iter().zip(&cluster.replicas).zip(&readiness) {
             let v = match r {
-                Ok(s) => {
-                    serde_json::json!({"reachable": true, "address": entry.address, "status": s})
-                }
+                Ok(s) => serde_json::json!({
+                    "reachable": true,
+                    "address": entry.address,
+                    "ready": ready.is_ok(),
+                    "not_ready": ready.as_ref().err(),
+                    "status": s,
+                }),
                 Err(e) => {
                     serde_json::json!({"reachable": false, "address": entry.address, "id": entry.id, "error": e})
                 }
@@ -66,7 +88,7 @@ pub fn run(args: StatusArgs) -> Result<bool, String> {
         }
     } else {
         println!(
-            "{:<8} {:<22} {:<10} {:>6} {:>7} {:<14} {:>10} {:>10} {:>8}",
+            "{:<8} {:<22} {:<10} {:>6} {:>7} {:<14} {:>10} {:>10} {:>8}  ready",
             "replica",
             "address",
             "reachable",
@@ -75,12 +97,12 @@ pub fn run(args: StatusArgs) -> Result<bool, String> {
             "status",
             "executed",
             "stable",
-            "peers"
+            "peers",
         );
-        for (r, entry) in results.iter().zip(&cluster.replicas) {
+        for ((r, entry), ready) in results.iter().zip(&cluster.replicas).zip(&readiness) {
             match r {
                 Ok(s) => println!(
-                    "{:<8} {:<22} {:<10} {:>6} {:>7} {:<14} {:>10} {:>10} {:>8}",
+                    "{:<8} {:<22} {:<10} {:>6} {:>7} {:<14} {:>10} {:>10} {:>8}  {}",
                     entry.id,
                     entry.address,
                     "yes",
@@ -89,7 +111,11 @@ pub fn run(args: StatusArgs) -> Result<bool, String> {
                     s.status,
                     s.last_executed,
                     s.stable_checkpoint,
-                    format!("{}/{}", s.peers_connected, s.n.saturating_sub(1))
+                    format!("{}/{}", s.peers_connected, s.n.saturating_sub(1)),
+                    match ready {
+                        Ok(()) => "yes".to_string(),
+                        Err(why) => format!("no ({why})"),
+                    }
                 ),
                 Err(e) => println!("{:<8} {:<22} no ({e})", entry.id, entry.address),
             }
@@ -99,6 +125,12 @@ pub fn run(args: StatusArgs) -> Result<bool, String> {
             cluster.n(),
             if up >= quorum { "ok" } else { "NOT ENOUGH" }
         );
+    }
+    if args.all_ready {
+        if !args.json {
+            println!("{ready} of {} replicas are ready", cluster.n());
+        }
+        return Ok(ready == cluster.n() as usize);
     }
     Ok(up >= quorum)
 }

@@ -36,7 +36,6 @@ use bytes::Bytes;
 use shieldwall_core::{Authenticator, Principal, ReplicaId, Request, SignedRequest};
 use shieldwall_crypto::{client_id, KeyPair, NodeAuth, CLIENT_LANES};
 use shieldwall_wire::{decode_reply, Frame, Role};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -595,8 +594,7 @@ async fn link(
     let mut backoff = Duration::from_millis(20);
     loop {
         let attempt = async {
-            let stream = TcpStream::connect(&address).await?;
-            let _ = stream.set_nodelay(true);
+            let stream = crate::net::connect(&address).await?;
             let (r, mut w) = stream.into_split();
             let mut reader = FrameReader::new(r, HANDSHAKE_FRAME_BYTES);
             let hs = Handshake {

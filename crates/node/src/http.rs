@@ -1,11 +1,14 @@
-//! A minimal HTTP/1.1 endpoint for operators: `GET /metrics` (Prometheus text format) and
-//! `GET /status` (JSON). One request per connection, bounded request size and time.
+//! A minimal HTTP/1.1 endpoint for operators: `GET /metrics` (Prometheus text format),
+//! `GET /status` (JSON) and `GET /ready` (200 when the replica is ready, else 503 with the
+//! reason). One request per connection, bounded request size and time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::server::ReplicaStatus;
 
 /// Largest request head accepted.
 const REQUEST_BYTES_MAX: usize = 8 << 10;
@@ -18,6 +21,38 @@ pub(crate) trait HttpContent: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// Status as a JSON document.
     fn status_json(&self) -> String;
+    /// The replica's latest status.
+    fn status(&self) -> ReplicaStatus;
+    /// The peers' HTTP addresses (`GET /ready` asks their `/status`).
+    fn peers_http(&self) -> Vec<String>;
+}
+
+/// How long `GET /ready` waits for the peers' status.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the replica is ready ([`ReplicaStatus::readiness_with_peers`]; without peers'
+/// HTTP addresses in the cluster file, [`ReplicaStatus::readiness`] alone).
+async fn ready(content: &dyn HttpContent) -> Result<(), String> {
+    let status = content.status();
+    status.readiness()?;
+    let peers = content.peers_http();
+    if peers.is_empty() {
+        return Ok(());
+    }
+    let mut asks = tokio::task::JoinSet::new();
+    for address in peers {
+        asks.spawn(async move {
+            let body = get(&address, "/status", PEER_STATUS_TIMEOUT).await.ok()?;
+            serde_json::from_str::<ReplicaStatus>(&body).ok()
+        });
+    }
+    let mut executed = Vec::new();
+    while let Some(answer) = asks.join_next().await {
+        if let Ok(Some(peer)) = answer {
+            executed.push(peer.last_executed);
+        }
+    }
+    status.readiness_with_peers(&executed)
 }
 
 /// Serve until the listener fails.
@@ -53,10 +88,18 @@ async fn answer(mut stream: TcpStream, content: Arc<dyn HttpContent>) -> std::io
             content.metrics(),
         ),
         ("GET", "/status") => ("200 OK", "application/json", content.status_json()),
+        ("GET", "/ready") => match ready(content.as_ref()).await {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".into()),
+            Err(why) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         ("GET", _) => (
             "404 Not Found",
             "text/plain",
-            "try /metrics or /status\n".into(),
+            "try /metrics, /status or /ready\n".into(),
         ),
         _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
     };
@@ -71,6 +114,20 @@ async fn answer(mut stream: TcpStream, content: Arc<dyn HttpContent>) -> std::io
 /// `GET path` from `address` with a timeout; the body on status 200. Used by `shieldwall
 /// status` and the tests.
 pub async fn get(address: &str, path: &str, timeout: Duration) -> Result<String, String> {
+    let (code, head, body) = get_response(address, path, timeout).await?;
+    if code != 200 {
+        return Err(head);
+    }
+    Ok(body)
+}
+
+/// `GET path` from `address` with a timeout: the status code, the status line and the body,
+/// whatever the code. `Err` when no well-formed response came in time.
+pub async fn get_response(
+    address: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String, String), String> {
     let run = async {
         let mut s = TcpStream::connect(address)
             .await
@@ -85,10 +142,13 @@ pub async fn get(address: &str, path: &str, timeout: Duration) -> Result<String,
         let (head, body) = text
             .split_once("\r\n\r\n")
             .ok_or_else(|| "malformed HTTP response".to_string())?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(head.lines().next().unwrap_or("").to_string());
-        }
-        Ok(body.to_string())
+        let line = head.lines().next().unwrap_or("").to_string();
+        let code = line
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| format!("malformed HTTP status line: {line}"))?;
+        Ok((code, line, body.to_string()))
     };
     tokio::time::timeout(timeout, run)
         .await

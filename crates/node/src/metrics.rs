@@ -37,6 +37,10 @@ pub struct Metrics {
     pub stable_checkpoint: Gauge,
     /// 0 normal, 1 view changing, 2 recovering.
     pub status: Gauge,
+    /// 1 when the replica is ready (`GET /ready` answers 200), else 0.
+    pub ready: Gauge,
+    /// Highest sequence number known to be committed.
+    pub known_committed: Gauge,
     /// Requests held by the engine and not yet executed.
     pub pending_requests: Gauge,
     /// Jobs waiting in the verify pool.
@@ -102,6 +106,8 @@ impl Metrics {
             last_executed: Gauge::default(),
             stable_checkpoint: Gauge::default(),
             status: Gauge::default(),
+            ready: Gauge::default(),
+            known_committed: Gauge::default(),
             pending_requests: Gauge::default(),
             verify_queue: Gauge::default(),
             core_queue: Gauge::default(),
@@ -175,6 +181,16 @@ impl Metrics {
             "status",
             "0 normal, 1 view changing, 2 recovering",
             m.status.clone(),
+        );
+        r.register(
+            "ready",
+            "1 when the replica is ready (GET /ready answers 200), else 0",
+            m.ready.clone(),
+        );
+        r.register(
+            "known_committed",
+            "Highest sequence number this replica knows to be committed",
+            m.known_committed.clone(),
         );
         r.register(
             "pending_requests",

@@ -21,10 +21,47 @@ pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A write that makes no progress this long means the peer is gone or stuck.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time to establish a TCP connection (the kernel retries a SYN to a vanished host for
+/// minutes otherwise).
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A connection whose other end stops acknowledging (a host that crashed or was partitioned
+/// away without closing its sockets) is closed after about this long, whether it carries data
+/// (`TCP_USER_TIMEOUT`) or is idle (keepalive probes): links notice, report themselves down
+/// and redial, resolving the peer's name again.
+pub(crate) const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes a writer gathers from its queue into one write.
 const COALESCE_BYTES: usize = 256 << 10;
 /// Bytes read per syscall (at most).
 const READ_CHUNK: usize = 64 << 10;
+
+/// Connect to `address` (`host:port`, resolved on every call) within [`CONNECT_TIMEOUT`], and
+/// [`tune`] the connection.
+pub(crate) async fn connect(address: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {CONNECT_TIMEOUT:?}"),
+            )
+        })??;
+    tune(&stream);
+    Ok(stream)
+}
+
+/// No Nagle delay, and a dead other end is noticed within about [`DEAD_PEER_TIMEOUT`]. Best
+/// effort: an option the system refuses leaves the kernel's default.
+pub(crate) fn tune(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let socket = socket2::SockRef::from(stream);
+    let probes = 3;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(DEAD_PEER_TIMEOUT / 2)
+        .with_interval(DEAD_PEER_TIMEOUT / (2 * probes))
+        .with_retries(probes);
+    let _ = socket.set_tcp_keepalive(&keepalive);
+    let _ = socket.set_tcp_user_timeout(Some(DEAD_PEER_TIMEOUT));
+}
 
 /// Why a connection ended or was refused.
 #[derive(Debug, thiserror::Error)]

@@ -34,14 +34,25 @@ pub fn free_ports(count: usize) -> Vec<u16> {
 }
 
 /// Poll `cond` every 20 ms until it holds; panic with `what` after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    wait_for_every(what, timeout, Duration::from_millis(20), cond)
+}
+
+/// Poll `cond` every `interval` (for conditions that are costly to observe, such as a
+/// command run in a container) until it holds; panic with `what` after `timeout`.
+pub fn wait_for_every(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut cond: impl FnMut() -> bool,
+) {
     let deadline = Instant::now() + timeout;
     while !cond() {
         assert!(
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(interval);
     }
 }
 

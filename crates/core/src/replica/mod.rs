@@ -501,6 +501,25 @@ impl Replica {
     pub fn pending_requests(&self) -> usize {
         self.pending.len()
     }
+    /// The highest sequence number this replica knows to be committed: its own committed
+    /// slots and stable checkpoint, and what peers showed it (checkpoints of f+1 replicas
+    /// beyond its window, batches offered in state transfer). A replica whose
+    /// [`Replica::last_executed`] is far below it is behind.
+    pub fn known_committed(&self) -> Seq {
+        let own = self
+            .slots
+            .iter()
+            .rev()
+            .find(|(_, slot)| slot.committed.is_some())
+            .map_or(0, |(seq, _)| *seq);
+        own.max(self.fetch_target)
+            .max(self.stable.seq)
+            .max(self.last_executed)
+    }
+    /// Whether a state transfer is under way (committed batches or a snapshot being fetched).
+    pub fn transferring_state(&self) -> bool {
+        self.fetch.is_some() || self.transfer.is_some()
+    }
 
     pub(crate) fn reject(&mut self, reason: Reject) {
         *self.stats.rejected.entry(reason.as_str()).or_insert(0) += 1;

@@ -552,10 +552,14 @@ fn lagging_replica_catches_up_by_state_transfer() {
         c.submit(request(1, s, b"w"));
     }
     assert_eq!(c.replicas[0].stable_checkpoint(), 12);
+    assert_eq!(c.replicas[0].known_committed(), 13);
+    assert_eq!(c.replicas[3].known_committed(), 0, "it heard of nothing");
     c.up[3] = true;
     c.submit(request(1, 14, b"w"));
     c.run_until(1_000);
     assert_eq!(c.replicas[3].last_executed(), 14);
+    assert_eq!(c.replicas[3].known_committed(), 14);
+    assert!(!c.replicas[3].transferring_state());
     assert!(c.replicas[3].stats().snapshots_installed >= 1);
     assert_eq!(
         c.services[3].0, c.services[0].0,

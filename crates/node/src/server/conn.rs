@@ -23,7 +23,7 @@ use shieldwall_core::verify::{verify_message, verify_request, Reject};
 use shieldwall_core::{Authenticator, Config, Event, Message, Principal, Reply, SignedRequest};
 use shieldwall_crypto::{client_key_index, NodeAuth, Recorder, VerifiedCache};
 use shieldwall_wire::{encode_reply, Frame, MacedReply, Role};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -404,8 +404,7 @@ async fn dial_peer(
     let mut announced_failure = false;
     loop {
         let attempt = async {
-            let stream = TcpStream::connect(&address).await?;
-            let _ = stream.set_nodelay(true);
+            let stream = crate::net::connect(&address).await?;
             let (r, mut w) = stream.into_split();
             let mut reader = FrameReader::new(r, HANDSHAKE_FRAME_BYTES);
             let expect = Principal::Replica(j);
@@ -488,7 +487,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<NetContext>) {
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
+            crate::net::tune(&stream);
             let (r, mut w) = stream.into_split();
             let mut reader = FrameReader::new(r, HANDSHAKE_FRAME_BYTES);
             let hs = ctx.hs(Role::Acceptor);

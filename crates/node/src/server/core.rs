@@ -263,7 +263,7 @@ impl CoreThread {
             Status::Recovering => 2,
         };
         m.status.set(status);
-        self.status.set(ReplicaStatus {
+        let published = ReplicaStatus {
             id: r.id(),
             view: r.view(),
             leader: r.config().leader(r.view()),
@@ -280,7 +280,14 @@ impl CoreThread {
             n: r.config().n,
             f: r.config().f,
             fault_model: r.config().fault_model.to_string(),
-        });
+            known_committed: r.known_committed(),
+            state_transfer: r.transferring_state(),
+            quorum: r.config().quorum() as u32,
+            lag_max: r.config().checkpoint_interval,
+        };
+        m.known_committed.set(published.known_committed as i64);
+        m.ready.set(i64::from(published.readiness().is_ok()));
+        self.status.set(published);
     }
 }
 

@@ -186,6 +186,80 @@ pub struct ReplicaStatus {
     pub f: u32,
     /// `byzantine` or `crash`.
     pub fault_model: String,
+    /// The highest sequence number this replica knows to be committed (by itself or, as
+    /// peers showed it, by others).
+    #[serde(default)]
+    pub known_committed: u64,
+    /// A state transfer is under way.
+    #[serde(default)]
+    pub state_transfer: bool,
+    /// Replicas in a quorum (this one included).
+    #[serde(default)]
+    pub quorum: u32,
+    /// Sequence numbers `last_executed` may trail `known_committed` by and still be ready (the
+    /// checkpoint interval).
+    #[serde(default)]
+    pub lag_max: u64,
+}
+
+impl ReplicaStatus {
+    /// Whether this replica is ready to serve as a full member (`GET /ready`, `shieldwall
+    /// health`): its links to a quorum's worth of peers are up, it is in normal operation (not
+    /// changing view, not recovering), no state transfer is under way, and it executed within
+    /// `lag_max` of the highest committed point it knows. `Err` says what is missing.
+    /// Docs: docs/adr/010-containers.md.
+    pub fn readiness(&self) -> Result<(), String> {
+        let peers_needed = self.quorum.saturating_sub(1);
+        if self.peers_connected < peers_needed {
+            return Err(format!(
+                "{} of {} peers connected; a quorum needs {peers_needed}",
+                self.peers_connected,
+                self.n.saturating_sub(1)
+            ));
+        }
+        if self.status != "normal" {
+            return Err(format!("{} (view {})", self.status, self.view));
+        }
+        if self.state_transfer {
+            return Err(format!(
+                "state transfer under way (executed {}, committed {})",
+                self.last_executed, self.known_committed
+            ));
+        }
+        let lag = self.known_committed.saturating_sub(self.last_executed);
+        if lag > self.lag_max {
+            return Err(format!(
+                "behind: executed {}, committed {} (more than {} behind)",
+                self.last_executed, self.known_committed, self.lag_max
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`ReplicaStatus::readiness`], and caught up with its peers too: `peers_executed` holds
+    /// the `last_executed` its peers reported, and at least f+1 of them must have answered,
+    /// the (f+1)-th highest (one a correct replica reached) no more than `lag_max` ahead. A
+    /// replica that just restarted knows nothing of what the others did meanwhile; this is how
+    /// it finds out.
+    pub fn readiness_with_peers(&self, peers_executed: &[u64]) -> Result<(), String> {
+        self.readiness()?;
+        let needed = self.f as usize + 1;
+        let mut executed = peers_executed.to_vec();
+        executed.sort_unstable_by(|a, b| b.cmp(a));
+        let Some(&reached) = executed.get(needed - 1) else {
+            return Err(format!(
+                "{} peers reported their progress; {needed} needed to tell it is caught up",
+                executed.len()
+            ));
+        };
+        if self.last_executed.saturating_add(self.lag_max) < reached {
+            return Err(format!(
+                "behind its peers: executed {}, {needed} peers executed {reached}",
+                self.last_executed
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The latest status, published by the core thread.
@@ -205,6 +279,8 @@ impl StatusCell {
 }
 
 struct Observer {
+    /// The HTTP addresses of the peers that have one (readiness compares progress with them).
+    peers_http: Vec<String>,
     metrics: Arc<Metrics>,
     status: Arc<StatusCell>,
     links: Arc<PeerLinks>,
@@ -236,6 +312,14 @@ impl HttpContent for Observer {
 
     fn status_json(&self) -> String {
         serde_json::to_string(&self.status.get()).unwrap_or_default()
+    }
+
+    fn status(&self) -> ReplicaStatus {
+        self.status.get()
+    }
+
+    fn peers_http(&self) -> Vec<String> {
+        self.peers_http.clone()
     }
 }
 
@@ -470,6 +554,12 @@ impl ReplicaServer {
         runtime.spawn(accept_loop(listener, ctx.clone()));
         if let Some(l) = http_listener {
             let observer = Arc::new(Observer {
+                peers_http: cluster
+                    .replicas
+                    .iter()
+                    .filter(|r| r.id != id)
+                    .filter_map(|r| r.http.clone())
+                    .collect(),
                 metrics: metrics.clone(),
                 status: status.clone(),
                 links: links.clone(),
@@ -629,5 +719,97 @@ impl ReplicaServer {
 impl Drop for ReplicaServer {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    use super::ReplicaStatus;
+
+    fn in_sync() -> ReplicaStatus {
+        ReplicaStatus {
+            status: "normal".into(),
+            last_executed: 100,
+            known_committed: 100,
+            peers_connected: 3,
+            n: 4,
+            f: 1,
+            quorum: 3,
+            lag_max: 64,
+            ..ReplicaStatus::default()
+        }
+    }
+
+    #[test]
+    fn ready_only_when_connected_normal_and_caught_up() {
+        assert_eq!(in_sync().readiness(), Ok(()));
+        let s = ReplicaStatus {
+            peers_connected: 2,
+            known_committed: 164,
+            ..in_sync()
+        };
+        assert_eq!(s.readiness(), Ok(()), "a quorum of links, lag at the limit");
+        let s = ReplicaStatus {
+            peers_connected: 1,
+            ..in_sync()
+        };
+        assert!(s.readiness().unwrap_err().contains("1 of 3 peers"));
+        let s = ReplicaStatus {
+            status: "view-changing".into(),
+            view: 3,
+            ..in_sync()
+        };
+        assert_eq!(s.readiness().unwrap_err(), "view-changing (view 3)");
+        let s = ReplicaStatus {
+            status: "recovering".into(),
+            ..in_sync()
+        };
+        assert!(s.readiness().unwrap_err().starts_with("recovering"));
+        let s = ReplicaStatus {
+            state_transfer: true,
+            ..in_sync()
+        };
+        assert!(s.readiness().unwrap_err().contains("state transfer"));
+        let s = ReplicaStatus {
+            known_committed: 165,
+            ..in_sync()
+        };
+        assert!(s.readiness().unwrap_err().starts_with("behind"));
+    }
+
+    #[test]
+    fn ready_only_when_f_plus_1_peers_are_not_far_ahead() {
+        let s = in_sync();
+        assert_eq!(s.readiness_with_peers(&[100, 164, 90]), Ok(()));
+        assert_eq!(
+            s.readiness_with_peers(&[1_000, 120, 90]),
+            Ok(()),
+            "one peer far ahead may be lying"
+        );
+        assert_eq!(
+            s.readiness_with_peers(&[1_000, 165, 90]).unwrap_err(),
+            "behind its peers: executed 100, 2 peers executed 165"
+        );
+        assert!(s
+            .readiness_with_peers(&[100])
+            .unwrap_err()
+            .contains("1 peers reported"));
+        let s = ReplicaStatus {
+            status: "view-changing".into(),
+            ..in_sync()
+        };
+        assert!(s.readiness_with_peers(&[100, 100, 100]).is_err());
+    }
+
+    #[test]
+    fn statuses_without_the_readiness_fields_still_parse() {
+        let old = r#"{"id":1,"view":0,"leader":0,"status":"normal","last_executed":5,
+            "stable_checkpoint":0,"pending_requests":0,"peers_connected":3,"n":4,"f":1,
+            "fault_model":"byzantine"}"#;
+        let s: ReplicaStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (s.known_committed, s.quorum, s.state_transfer),
+            (0, 0, false)
+        );
     }
 }
