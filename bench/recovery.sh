@@ -5,7 +5,8 @@
 #   1. kill -9 every replica, restart them, and time until the last written key reads back;
 #   2. kill -9 replica 3, delete its log and snapshots, restart it, and time until it has executed
 #      as far as the others (state transfer of the snapshot plus the batches after it).
-# Prints CSV: size_mb,keys,load_s,load_mb_per_s,restart_all_s,rejoin_wiped_s,replica_rss_mb
+# Prints CSV: size_mb,keys,timed_out_writes,load_s,load_mb_per_s,restart_all_s,rejoin_wiped_s,
+# replica_rss_mb
 # Usage: bench/recovery.sh [SIZE_MB ...]   (default: 10 100)
 # PROTOCOL="checkpoint_interval=512 watermark_window=2048" sets protocol settings (keygen
 # --protocol): every checkpoint serializes, hashes and saves the whole state, so large states
@@ -56,7 +57,7 @@ wait_for() { # timeout_s command...
   done
 }
 
-echo "size_mb,keys,load_s,load_mb_per_s,restart_all_s,rejoin_wiped_s,replica_rss_mb"
+echo "size_mb,keys,timed_out_writes,load_s,load_mb_per_s,restart_all_s,rejoin_wiped_s,replica_rss_mb"
 for size in "${SIZES[@]}"; do
   dir=$work/c$size
   ports=(); http=()
@@ -83,7 +84,14 @@ for i in range(keys):
     out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$4000\r\n%s\r\n" % (len(k), k, value))
 PY
   t1=$(now)
+  # A write can time out at the gateway ("may or may not have executed") while the replicas
+  # change view under the load; the last key is written again until acknowledged, and the
+  # number of such writes is reported.
+  failed=$(grep -c '^ERR\|^-ERR' "$dir/pipe.log" || true)
   last="key:$((keys - 1))"
+  value=$(head -c 4000 /dev/zero | tr '\0' v)
+  rewrite() { [ "$(redis-cli -p "$gport" set "$last" "$value" 2>/dev/null)" = OK ]; }
+  wait_for 120 rewrite
   [ "$(redis-cli -p "$gport" strlen "$last")" = 4000 ] || { echo "load failed" >&2; cat "$dir/pipe.log" >&2; exit 1; }
   rss=$(ps -o rss= -p "${node_pid[0]}" | awk '{printf "%d", $1/1024}')
 
@@ -107,7 +115,7 @@ PY
   wait_for 600 rejoined
   t5=$(now)
 
-  python3 -c "print('%d,%d,%.1f,%.1f,%.2f,%.2f,%s' % ($size, $keys, $t1-$t0, $size/($t1-$t0), $t3-$t2, $t5-$t4, '$rss'))"
+  python3 -c "print('%d,%d,%d,%.1f,%.1f,%.2f,%.2f,%s' % ($size, $keys, $failed, $t1-$t0, $size/($t1-$t0), $t3-$t2, $t5-$t4, '$rss'))"
   for i in 0 1 2 3; do kill "${node_pid[$i]}" 2>/dev/null || true; done
   kill "$gw_pid" 2>/dev/null || true
   wait 2>/dev/null || true
