@@ -461,7 +461,11 @@ mod tests {
         assert_eq!(persisted.last(), Some(&3), "{persisted:?}");
         // The storage thread waits for its writer before it stops: the save is on disk.
         let store = SnapshotStore::open(fs, "/d/snapshots").unwrap();
-        let newest = store.load_newest().unwrap().newest.expect("the checkpoint was saved");
+        let newest = store
+            .load_newest()
+            .unwrap()
+            .newest
+            .expect("the checkpoint was saved");
         assert_eq!(newest.seq, 2);
         let back: StateSnapshot = message::decode_limited(&newest.bytes, usize::MAX).unwrap();
         assert_eq!(back, snap);
