@@ -120,8 +120,8 @@ fn messages() -> Vec<(&'static str, Message)> {
             64,
             StateSnapshot::state_digest(four_replicas(0).chunk(), &service, &clients),
         ),
-        service,
-        clients,
+        service: service.into(),
+        clients: clients.into(),
     };
     let pp65 = pre_prepare(0, 65, batch.clone());
     let mut out = vec![

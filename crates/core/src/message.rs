@@ -178,6 +178,23 @@ pub struct StateSnapshot {
 }
 
 impl StateSnapshot {
+    /// The state digest a checkpoint certifies for this state: the digest of its manifest
+    /// (the lengths and the digest of every `chunk`-byte piece of `service ++ clients`).
+    pub fn state_digest(chunk: usize, service: &[u8], clients: &[u8]) -> Digest {
+        let chunks = chunk_digests(chunk, service, clients);
+        manifest_digest(service.len() as u64, clients.len() as u64, &chunks)
+    }
+
+    /// The manifest a replica serving this state offers.
+    pub fn manifest(&self, chunk: usize) -> SnapshotManifest {
+        SnapshotManifest {
+            checkpoint: self.checkpoint.clone(),
+            service_len: self.service.len() as u64,
+            clients_len: self.clients.len() as u64,
+            chunks: chunk_digests(chunk, &self.service, &self.clients),
+        }
+    }
+
     /// The pieces whose concatenation is [`encode`]`(self)`, the state bytes borrowed rather
     /// than copied (a large state is written to disk without a second copy in memory).
     pub fn encoded_parts(&self) -> [Cow<'_, [u8]>; 4] {

@@ -8,8 +8,8 @@ use super::{Replica, Status};
 use crate::auth::{Authenticator, SimAuth};
 use crate::config::{Config, FaultModel};
 use crate::message::{
-    batch_digest, vote_signing_bytes, Message, Phase, PrePrepare, Reply, Request, Signable, Signed,
-    SignedRequest, Vote,
+    batch_digest, vote_signing_bytes, CheckpointCert, Message, Phase, PrePrepare, Reply, Request,
+    Signable, Signed, SignedRequest, StateSnapshot, Vote,
 };
 use crate::types::{Principal, ReplicaId};
 use crate::verify::{verify_message, verify_request};
@@ -1280,4 +1280,35 @@ fn crash_mode_acceptor_state_of_an_older_view_survives_a_restart() {
         vec![(1, pp.body.batch_digest)],
         "the accepted proposal of view 0 is reported"
     );
+}
+
+#[test]
+fn a_held_state_digests_and_offers_what_a_state_snapshot_would() {
+    let service: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let clients = vec![9u8; 37];
+    for chunk in [1, 7, 64, 1000, 1037, 4096] {
+        let held = super::HeldState::new(chunk, service.clone().into(), clients.clone().into());
+        let digest = StateSnapshot::state_digest(chunk, &service, &clients);
+        assert_eq!(held.digest, digest, "chunk {chunk}");
+        let snap = StateSnapshot {
+            checkpoint: CheckpointCert {
+                seq: 8,
+                state_digest: digest,
+                proof: Vec::new(),
+            },
+            service: service.clone().into(),
+            clients: clients.clone().into(),
+        };
+        let manifest = held.manifest(snap.checkpoint.clone());
+        assert_eq!(manifest, snap.manifest(chunk));
+        assert!(manifest.is_valid(chunk));
+        for index in 0..manifest.chunks.len() as u32 + 1 {
+            let piece = held.piece(chunk, index);
+            assert_eq!(
+                manifest.piece_matches(chunk, index, &piece),
+                (index as usize) < manifest.chunks.len(),
+                "chunk {chunk} piece {index}"
+            );
+        }
+    }
 }
