@@ -27,6 +27,22 @@ pub async fn query(
     cluster: &ClusterConfig,
     timeout: Duration,
 ) -> Vec<Result<ReplicaStatus, String>> {
+    get_from_every_replica(cluster, "/status", timeout)
+        .await
+        .into_iter()
+        .map(|body| {
+            serde_json::from_str::<ReplicaStatus>(&body?).map_err(|e| format!("bad status: {e}"))
+        })
+        .collect()
+}
+
+/// `GET path` from every replica's HTTP endpoint, in parallel, in replica order: the body, or
+/// why it could not be had.
+pub async fn get_from_every_replica(
+    cluster: &ClusterConfig,
+    path: &'static str,
+    timeout: Duration,
+) -> Vec<Result<String, String>> {
     let handles: Vec<_> = cluster
         .replicas
         .iter()
@@ -36,8 +52,7 @@ pub async fn query(
                 let Some(http) = http else {
                     return Err("no http address in the cluster file".to_string());
                 };
-                let body = shieldwall_node::http::get(&http, "/status", timeout).await?;
-                serde_json::from_str::<ReplicaStatus>(&body).map_err(|e| format!("bad status: {e}"))
+                shieldwall_node::http::get(&http, path, timeout).await
             })
         })
         .collect();

@@ -56,28 +56,19 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
 
 /// Scrape every replica's `/metrics` (in parallel) for its batch and request counters.
 pub async fn commit_counters(cluster: &ClusterConfig) -> CommitCounters {
-    let handles: Vec<_> = cluster
-        .replicas
-        .iter()
-        .map(|r| {
-            let http = r.http.clone();
-            tokio::spawn(async move {
-                let http = http?;
-                let text =
-                    shieldwall_node::http::get(&http, "/metrics", Duration::from_millis(1000))
-                        .await
-                        .ok()?;
-                Some((
-                    metric_value(&text, "shieldwall_committed_batches_total")?,
-                    metric_value(&text, "shieldwall_executed_requests_total")?,
-                ))
-            })
+    let bodies =
+        crate::status::get_from_every_replica(cluster, "/metrics", Duration::from_millis(1000))
+            .await;
+    let replicas = bodies
+        .into_iter()
+        .map(|text| {
+            let text = text.ok()?;
+            Some((
+                metric_value(&text, "shieldwall_committed_batches_total")?,
+                metric_value(&text, "shieldwall_executed_requests_total")?,
+            ))
         })
         .collect();
-    let mut replicas = Vec::with_capacity(handles.len());
-    for h in handles {
-        replicas.push(h.await.ok().flatten());
-    }
     CommitCounters { replicas }
 }
 
