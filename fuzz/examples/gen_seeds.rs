@@ -19,7 +19,7 @@ use shieldwall_core::message::{
 };
 use shieldwall_core::verify::verify_message;
 use shieldwall_core::{
-    Checkpoint, Digest, Message, Principal, Reply, Request, SignedRequest, SimAuth,
+    Checkpoint, Digest, Message, Principal, Reply, Request, RequestAuth, SignedRequest, SimAuth,
 };
 use shieldwall_crypto::KeyPair;
 use shieldwall_fuzz::{four_replicas, repair, sim_sign, Repair, SIM_SEED};
@@ -35,7 +35,10 @@ fn request(client: u64, req_seq: u64, op: &[u8]) -> SignedRequest {
         read_only: false,
         op: op.to_vec(),
     };
-    let auth = sim_sign(Principal::Client(client), &request.signing_bytes());
+    let auth = RequestAuth::Signature(sim_sign(
+        Principal::Client(client),
+        &request.signing_bytes(),
+    ));
     SignedRequest { request, auth }
 }
 

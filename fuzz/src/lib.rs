@@ -11,7 +11,8 @@ use shieldwall_core::message::{
     PrePrepare, PreparedCert, Signable, Signed, SnapshotManifest, ViewChange, Vote,
 };
 use shieldwall_core::{
-    Authenticator, Config, Digest, FaultModel, Message, Principal, ReplicaId, SimAuth,
+    Authenticator, Config, Digest, FaultModel, Message, Principal, ReplicaId, RequestAuth,
+    SimAuth,
 };
 use shieldwall_kv::resp::ParserLimits;
 use shieldwall_kv::KvLimits;
@@ -138,10 +139,10 @@ fn sign_replica(from: ReplicaId, bytes: &[u8]) -> Vec<u8> {
 fn repair_batch(pp: &mut PrePrepare, how: Repair) {
     if how.sign {
         for r in &mut pp.batch {
-            r.auth = sim_sign(
+            r.auth = RequestAuth::Signature(sim_sign(
                 Principal::Client(r.request.client),
                 &r.request.signing_bytes(),
-            );
+            ));
         }
     }
     if how.digests {
@@ -261,10 +262,10 @@ pub fn repair(config: &Config, m: &mut Message, how: Repair) {
         Message::Forward(s) => {
             if how.sign {
                 for r in &mut s.body.requests {
-                    r.auth = sim_sign(
+                    r.auth = RequestAuth::Signature(sim_sign(
                         Principal::Client(r.request.client),
                         &r.request.signing_bytes(),
-                    );
+                    ));
                 }
             }
         }

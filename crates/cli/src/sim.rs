@@ -35,6 +35,11 @@ pub struct SimArgs {
     /// from disk). The crash-all scenario is always durable.
     #[arg(long)]
     durable: bool,
+    /// Correct clients authenticate requests with a MAC per replica instead of a signature
+    /// (the cluster's `request_macs` setting); the bad-client-auth scenario then also sends
+    /// MAC vectors with up to f corrupted entries.
+    #[arg(long)]
+    request_macs: bool,
     /// With --seed: print every delivered message and execution to stderr.
     #[arg(long)]
     trace: bool,
@@ -83,6 +88,7 @@ pub fn sim(args: SimArgs) -> ExitCode {
         read_only: !args.no_read_only,
         ed25519: args.ed25519,
         durable: args.durable,
+        request_macs: args.request_macs,
         ..SimParams::new(0, n, args.fault_model)
     };
 

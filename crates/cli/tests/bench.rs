@@ -69,13 +69,45 @@ fn bench_runs_end_to_end_and_writes_results() {
     assert!(header.contains(&"cpu_us_per_op_replica_3"), "{csv}");
 }
 
+/// Requests authenticated with a MAC per replica: the bench turns `request_macs` on in the
+/// cluster it starts, and every operation completes (the client sends no signatures, so a
+/// replica refusing MAC vectors would leave them all to time out).
 #[test]
-fn bench_refuses_mac_authentication_until_it_exists() {
+fn bench_with_mac_authenticated_requests() {
+    let out = tempfile::tempdir().unwrap();
     let output = Command::new(bin())
-        .args(["bench", "--auth", "mac", "--duration", "1s"])
+        .args([
+            "bench",
+            "--auth",
+            "mac",
+            "--mode",
+            "crash",
+            "--replicas",
+            "3",
+            "--duration",
+            "2s",
+            "--warmup",
+            "1s",
+            "--clients",
+            "2",
+            "--depth",
+            "4",
+        ])
+        .arg("--out")
+        .arg(out.path())
         .output()
         .unwrap();
-    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("not implemented yet"), "{stderr}");
+    assert!(
+        output.status.success(),
+        "bench failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["setup"]["auth"], "mac", "{json}");
+    let run = &json["runs"][0];
+    assert!(run["ops"].as_u64().unwrap() > 0, "{run}");
+    assert_eq!(run["errors"], 0, "{run}");
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use redis::Commands;
 use shieldwall_core::message::{Signed, Vote};
-use shieldwall_core::{Authenticator, Digest, Message, Principal, Request, SignedRequest};
+use shieldwall_core::{
+    Authenticator, Digest, Message, Principal, Request, RequestAuth, SignedRequest,
+};
 use shieldwall_crypto::{client_id, KeyPair, NodeAuth};
 use shieldwall_kv::KvReply;
 use shieldwall_wire::{decode_reply, Frame};
@@ -317,7 +319,7 @@ fn a_fake_replica_cannot_disturb_the_cluster() {
                         read_only: false,
                         op: vec![],
                     },
-                    auth: vec![],
+                    auth: RequestAuth::Signature(vec![]),
                 }))
                 .await
                 .unwrap();
@@ -462,8 +464,10 @@ fn client_authentication_and_exactly_once() {
         };
         let forged = SignedRequest {
             request: bad.clone(),
-            auth: NodeAuth::new(me, KeyPair::generate(), cluster.keyring())
-                .sign(&bad.signing_bytes()),
+            auth: RequestAuth::Signature(
+                NodeAuth::new(me, KeyPair::generate(), cluster.keyring())
+                    .sign(&bad.signing_bytes()),
+            ),
         };
         for conn in &mut conns {
             conn.send(&Frame::Request(forged.clone())).await.unwrap();
@@ -476,7 +480,7 @@ fn client_authentication_and_exactly_once() {
             op: incr("once"),
         };
         let signed = SignedRequest {
-            auth: auth.sign(&request.signing_bytes()),
+            auth: RequestAuth::Signature(auth.sign(&request.signing_bytes())),
             request,
         };
         let mut results = Vec::new();

@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use shieldwall_core::message::{batch_digest, vote_signing_bytes, Phase, Signable};
 use shieldwall_core::{
     Action, Authenticator, Config, Event, FaultModel, Message, PrePrepare, Principal, Replica,
-    Request, Signed, SignedRequest, SimAuth, Vote,
+    Request, RequestAuth, Signed, SignedRequest, SimAuth, Vote,
 };
 
 const SEED: [u8; 32] = [3; 32];
@@ -44,7 +44,7 @@ fn messages(batch_size: usize) -> Vec<Vec<Event>> {
                         read_only: false,
                         op: vec![7; 64],
                     };
-                    let auth = client.sign(&request.signing_bytes());
+                    let auth = RequestAuth::Signature(client.sign(&request.signing_bytes()));
                     SignedRequest { request, auth }
                 })
                 .collect();

@@ -107,7 +107,9 @@ pub struct Config {
     pub view_change_timeout_max_ms: u64,
     /// How long a replica waits on a state-transfer peer before asking another.
     pub fetch_timeout_ms: u64,
-    /// Pending (received, not executed) requests kept per client.
+    /// The client window W: requests a client (lane) may have in flight. A replica keeps up
+    /// to 2W pending (received, not executed) requests per client, since one executing behind
+    /// the quorum still holds the previous window's requests when the client sends the next.
     pub client_pending_max: u32,
     /// Pending requests kept in total.
     pub pending_max: u32,
@@ -120,6 +122,12 @@ pub struct Config {
     /// against the certified state digest (which depends on it: every replica must agree).
     #[serde(default = "default_state_chunk_bytes")]
     pub state_chunk_bytes: u32,
+    /// Whether requests may carry a MAC vector instead of a signature
+    /// ([`crate::RequestAuth::Macs`], ADR 011). Faster, but a client that corrupts entries
+    /// can stall the batches carrying its requests, so only clusters whose clients are
+    /// trusted not to attack liveness (e.g. behind a gateway) should turn it on.
+    #[serde(default)]
+    pub request_macs: bool,
 }
 
 fn default_state_chunk_bytes() -> u32 {
@@ -173,6 +181,7 @@ impl Config {
             fetch_batches_max: 64,
             durability: Durability::Memory,
             state_chunk_bytes: default_state_chunk_bytes(),
+            request_macs: false,
         }
     }
 

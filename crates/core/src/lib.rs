@@ -30,8 +30,8 @@ pub use auth::{Authenticator, Ed25519Auth, SimAuth, VerifyItem};
 pub use config::{Config, ConfigError, Durability, FaultModel};
 pub use message::{
     Checkpoint, CheckpointCert, CommittedBatch, Fetch, FetchReply, Forward, Message, NewView,
-    PrePrepare, PreparedCert, Record, Reply, Request, Signed, SignedRequest, StateSnapshot,
-    ViewChange, Vote,
+    PrePrepare, PreparedCert, Record, Reply, Request, RequestAuth, Signed, SignedRequest,
+    StateSnapshot, ViewChange, Vote, MAC_BYTES,
 };
 pub use replica::{compute_new_view, RecoverError, Replica, Stats, Status};
 pub use types::{ClientId, Digest, Principal, ReplicaId, Seq, View};

@@ -29,14 +29,59 @@ pub struct Request {
     pub op: Vec<u8>,
 }
 
-/// A request with the client's authenticator (a signature over [`Request::signing_bytes`]).
+/// A request with its client's authenticator over [`Request::signing_bytes`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SignedRequest {
     /// The request.
     pub request: Request,
-    /// The client's signature.
-    #[serde(with = "serde_bytes")]
-    pub auth: Vec<u8>,
+    /// The client's signature or MAC vector.
+    pub auth: RequestAuth,
+}
+
+/// How a client authenticates a request (ADR 011).
+///
+/// A signature can be checked by anyone, so a request in a batch proves itself to every
+/// replica. A MAC vector is PBFT's authenticator: entry `i` is the MAC of the request under
+/// the key the client shares with replica `i`; replica `i` checks only its own entry, at a
+/// cost of one keyed hash instead of a signature verification. A client that corrupts some
+/// entries can make the batches carrying its request fail at the replicas whose entries are
+/// bad (a liveness attack, not a safety one), which is why signatures stay the default.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RequestAuth {
+    /// An Ed25519 signature (64 bytes).
+    Signature(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// [`MAC_BYTES`] bytes per replica, in replica order.
+    Macs(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// Bytes of one MAC in a [`RequestAuth::Macs`] vector.
+pub const MAC_BYTES: usize = 32;
+
+impl RequestAuth {
+    /// The MAC vector's entry for `replica`, if the vector is well formed for `n` replicas.
+    pub fn mac_for(&self, replica: ReplicaId, n: u32) -> Option<&[u8]> {
+        match self {
+            RequestAuth::Macs(macs) if macs.len() == MAC_BYTES * n as usize && replica < n => {
+                let at = MAC_BYTES * replica as usize;
+                Some(&macs[at..at + MAC_BYTES])
+            }
+            _ => None,
+        }
+    }
+
+    /// The bytes of the authenticator, whatever its kind.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            RequestAuth::Signature(b) | RequestAuth::Macs(b) => b,
+        }
+    }
+
+    /// Mutable bytes of the authenticator (for tests and fault injection).
+    pub fn bytes_mut(&mut self) -> &mut Vec<u8> {
+        match self {
+            RequestAuth::Signature(b) | RequestAuth::Macs(b) => b,
+        }
+    }
 }
 
 impl Request {
@@ -670,16 +715,23 @@ mod tests {
             any::<bool>(),
             proptest::collection::vec(any::<u8>(), 0..64),
             proptest::collection::vec(any::<u8>(), 0..64),
+            any::<bool>(),
         )
-            .prop_map(|(client, req_seq, read_only, op, auth)| SignedRequest {
-                request: Request {
-                    client,
-                    req_seq,
-                    read_only,
-                    op,
+            .prop_map(
+                |(client, req_seq, read_only, op, auth, macs)| SignedRequest {
+                    request: Request {
+                        client,
+                        req_seq,
+                        read_only,
+                        op,
+                    },
+                    auth: if macs {
+                        RequestAuth::Macs(auth)
+                    } else {
+                        RequestAuth::Signature(auth)
+                    },
                 },
-                auth,
-            })
+            )
     }
 
     proptest! {

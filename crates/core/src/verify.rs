@@ -12,7 +12,7 @@ use crate::auth::{Authenticator, VerifyItem};
 use crate::config::Config;
 use crate::message::{
     batch_digest, vote_signing_bytes, CheckpointCert, CommittedBatch, Message, Phase, PrePrepare,
-    PreparedCert, Signable, Signed, SignedRequest, ViewChange, Vote,
+    PreparedCert, RequestAuth, Signable, Signed, SignedRequest, ViewChange, Vote,
 };
 use crate::types::{Principal, ReplicaId, View};
 
@@ -29,6 +29,9 @@ pub enum Reject {
     DigestMismatch,
     /// A request in a batch has a bad client authenticator.
     BadClientAuth,
+    /// A request's MAC entry for this replica does not verify. The leader cannot check the
+    /// other replicas' entries, so this does not blame it.
+    BadClientMac,
     /// Too many requests or bytes.
     TooLarge,
     /// The same request twice in one batch.
@@ -66,6 +69,7 @@ impl Reject {
             Reject::BadCertificateSignature => "bad_certificate_signature",
             Reject::DigestMismatch => "digest_mismatch",
             Reject::BadClientAuth => "bad_client_auth",
+            Reject::BadClientMac => "bad_client_mac",
             Reject::TooLarge => "too_large",
             Reject::DuplicateRequest => "duplicate_request",
             Reject::BadCertificate => "bad_certificate",
@@ -112,14 +116,31 @@ pub fn verify_request(
         return Err(Reject::TooLarge);
     }
     let bytes = request.request.signing_bytes();
-    if !auth.verify(
-        Principal::Client(request.request.client),
-        &bytes,
-        &request.auth,
-    ) {
-        return Err(Reject::BadClientAuth);
+    let client = Principal::Client(request.request.client);
+    match &request.auth {
+        RequestAuth::Signature(sig) if auth.verify(client, &bytes, sig) => Ok(()),
+        RequestAuth::Signature(_) => Err(Reject::BadClientAuth),
+        RequestAuth::Macs(_) if !config.request_macs => Err(Reject::BadClientAuth),
+        RequestAuth::Macs(_) if own_mac_verifies(config, auth, request, &bytes) => Ok(()),
+        RequestAuth::Macs(_) => Err(Reject::BadClientMac),
     }
-    Ok(())
+}
+
+/// Whether this replica's entry of `request`'s MAC vector verifies over `bytes` (the
+/// request's signing bytes). False for a malformed vector, or when `auth` is not a replica's.
+fn own_mac_verifies(
+    config: &Config,
+    auth: &dyn Authenticator,
+    request: &SignedRequest,
+    bytes: &[u8],
+) -> bool {
+    let Principal::Replica(me) = auth.me() else {
+        return false;
+    };
+    match request.auth.mac_for(me, config.n) {
+        Some(tag) => auth.verify_mac(Principal::Client(request.request.client), bytes, tag),
+        None => false,
+    }
 }
 
 /// Check a replica message completely except for state-dependent rules.
@@ -144,11 +165,13 @@ pub fn verify_message(
             if config.leader(m.body.view) != from {
                 return Err(Reject::NotLeader.into());
             }
-            check_batch(config, auth, &m.body).map_err(|reason| Rejection {
+            check_batch(config, auth, &m.body, Macs::Own).map_err(|reason| Rejection {
                 reason,
                 // The leader signed the digest; a digest that does not match the batch may be
-                // tampering in transit, anything else the leader signed itself.
-                blame: (reason != Reject::DigestMismatch).then_some((from, m.body.view)),
+                // tampering in transit, and the leader cannot check our MAC entries; anything
+                // else the leader signed itself.
+                blame: (reason != Reject::DigestMismatch && reason != Reject::BadClientMac)
+                    .then_some((from, m.body.view)),
             })
         }
         Message::Prepare(m) => {
@@ -189,11 +212,13 @@ pub fn verify_message(
                 if !auth.verify(Principal::Replica(from), &pp.body.signing_bytes(), &pp.sig) {
                     return Err(Reject::BadCertificateSignature.into());
                 }
-                check_batch(config, auth, &pp.body)?;
+                // The engine checks these proposals against the prepared certificates of
+                // the view changes, so a quorum vouched for their requests already.
+                check_batch(config, auth, &pp.body, Macs::Certified)?;
             }
             Ok(())
         }
-        Message::Forward(m) => Ok(check_requests(config, auth, &m.body.requests)?),
+        Message::Forward(m) => Ok(check_requests(config, auth, &m.body.requests, Macs::Own)?),
         Message::FetchChunk(_) => Ok(()),
         Message::Chunk(m) => {
             if m.body.bytes.len() > config.chunk() {
@@ -220,11 +245,25 @@ pub fn verify_message(
     }
 }
 
-/// Limits, digest, request authenticators and distinctness of a proposed batch.
+/// Which MAC-vector entries a batch check verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Macs {
+    /// A fresh proposal or relayed requests: this replica's entry of each MAC vector must
+    /// verify.
+    Own,
+    /// A batch a quorum certified (a prepared or commit certificate, or a NEW-VIEW proposal
+    /// recomputed from them): MAC vectors are not checked. Correct replicas accepted the
+    /// batch on their own entries, and a replica whose entry a client corrupted must still be
+    /// able to follow the batch once it is certified. Signatures are still checked.
+    Certified,
+}
+
+/// Limits, digest, request authenticators and distinctness of a batch.
 pub fn check_batch(
     config: &Config,
     auth: &dyn Authenticator,
     pp: &PrePrepare,
+    macs: Macs,
 ) -> Result<(), Reject> {
     if pp.batch.len() > config.batch_requests_max as usize {
         return Err(Reject::TooLarge);
@@ -232,7 +271,7 @@ pub fn check_batch(
     if batch_digest(&pp.batch) != pp.batch_digest {
         return Err(Reject::DigestMismatch);
     }
-    check_requests(config, auth, &pp.batch)
+    check_requests(config, auth, &pp.batch, macs)
 }
 
 /// Limits, authenticators and distinctness of requests a replica proposes or relays: at most
@@ -242,6 +281,7 @@ pub fn check_requests(
     config: &Config,
     auth: &dyn Authenticator,
     requests: &[SignedRequest],
+    macs: Macs,
 ) -> Result<(), Reject> {
     if requests.len() > config.batch_requests_max as usize {
         return Err(Reject::TooLarge);
@@ -264,16 +304,23 @@ pub fn check_requests(
         return Err(Reject::TooLarge);
     }
     let signed: Vec<Vec<u8>> = requests.iter().map(|r| r.request.signing_bytes()).collect();
-    let items: Vec<VerifyItem<'_>> = requests
-        .iter()
-        .zip(&signed)
-        .map(|(r, bytes)| VerifyItem {
-            signer: Principal::Client(r.request.client),
-            bytes,
-            sig: &r.auth,
-        })
-        .collect();
-    if !auth.verify_batch(&items) {
+    let mut items: Vec<VerifyItem<'_>> = Vec::with_capacity(requests.len());
+    for (r, bytes) in requests.iter().zip(&signed) {
+        match &r.auth {
+            RequestAuth::Signature(sig) => items.push(VerifyItem {
+                signer: Principal::Client(r.request.client),
+                bytes,
+                sig,
+            }),
+            RequestAuth::Macs(_) if !config.request_macs => return Err(Reject::BadClientAuth),
+            RequestAuth::Macs(_) => {
+                if macs == Macs::Own && !own_mac_verifies(config, auth, r, bytes) {
+                    return Err(Reject::BadClientMac);
+                }
+            }
+        }
+    }
+    if !items.is_empty() && !auth.verify_batch(&items) {
         return Err(Reject::BadClientAuth);
     }
     Ok(())
@@ -384,7 +431,7 @@ pub fn check_prepared_cert(
     ) {
         return Err(Reject::BadCertificateSignature.into());
     }
-    check_batch(config, auth, &pp.body)?;
+    check_batch(config, auth, &pp.body, Macs::Certified)?;
     let vote = Vote {
         view: pp.body.view,
         seq: pp.body.seq,
@@ -412,7 +459,7 @@ pub fn check_committed_batch(
     auth: &dyn Authenticator,
     b: &CommittedBatch,
 ) -> Result<(), Rejection> {
-    check_batch(config, auth, &b.pre_prepare)?;
+    check_batch(config, auth, &b.pre_prepare, Macs::Certified)?;
     let pp = &b.pre_prepare;
     let vote = Vote {
         view: pp.view,

@@ -10,8 +10,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! How it works. Every request is signed with the client key (Ed25519) and sent to every
-//! replica; replies are MACed with the key the client shares with each replica (X25519). An
+//! How it works. Every request is signed with the client key (Ed25519), or carries one MAC
+//! per replica ([`AuthMode::Mac`]), and is sent to every replica; replies are MACed with the key the client shares with each replica (X25519). An
 //! ordered request completes when a quorum of replicas (`Config::reply_quorum`) returns the
 //! same result; a read-only request when a read quorum does, and otherwise (conflicting
 //! answers, or no quorum within `read_timeout`) it is sent again as an ordered request.
@@ -33,7 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use shieldwall_core::{Authenticator, Principal, ReplicaId, Request, SignedRequest};
+use shieldwall_core::{
+    Authenticator, Principal, ReplicaId, Request, RequestAuth, SignedRequest, MAC_BYTES,
+};
 use shieldwall_crypto::{client_id, KeyPair, NodeAuth, CLIENT_LANES};
 use shieldwall_wire::{decode_reply, Frame, Role};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -97,6 +99,20 @@ pub struct ClientOptions {
     pub read_timeout: Duration,
     /// How long [`Client::connect`] waits for a quorum of replicas.
     pub connect_timeout: Duration,
+    /// How requests are authenticated: an Ed25519 signature (the default) or a MAC per
+    /// replica, which the cluster accepts only with `request_macs = true` (ADR 011).
+    pub auth_mode: AuthMode,
+}
+
+/// How a client authenticates its requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthMode {
+    /// An Ed25519 signature per request: any replica can check it.
+    #[default]
+    Signature,
+    /// A MAC vector per request, one 32-byte blake3 MAC per replica: one keyed hash per
+    /// replica instead of a signature.
+    Mac,
 }
 
 impl ClientOptions {
@@ -111,6 +127,7 @@ impl ClientOptions {
             retransmit_max: Duration::from_secs(4),
             read_timeout: Duration::from_millis(300),
             connect_timeout: Duration::from_secs(10),
+            auth_mode: AuthMode::Signature,
         }
     }
 
@@ -441,7 +458,17 @@ impl Inner {
             read_only,
             op: op.to_vec(),
         };
-        let auth = self.auth.sign(&request.signing_bytes());
+        let bytes = request.signing_bytes();
+        let auth = match self.options.auth_mode {
+            AuthMode::Signature => RequestAuth::Signature(self.auth.sign(&bytes)),
+            AuthMode::Mac => {
+                let mut macs = Vec::with_capacity(MAC_BYTES * self.n);
+                for r in 0..self.n as ReplicaId {
+                    macs.extend_from_slice(&self.auth.mac(Principal::Replica(r), &bytes));
+                }
+                RequestAuth::Macs(macs)
+            }
+        };
         Frame::Request(SignedRequest { request, auth }).encode()
     }
 

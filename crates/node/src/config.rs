@@ -124,6 +124,7 @@ protocol_overrides!(
     pending_max: u32,
     fetch_batches_max: u32,
     state_chunk_bytes: u32,
+    request_macs: bool,
 );
 
 impl ProtocolOverrides {

@@ -11,7 +11,7 @@ mod net;
 pub mod server;
 pub mod service;
 
-pub use client::{Client, ClientError, ClientOptions};
+pub use client::{AuthMode, Client, ClientError, ClientOptions};
 pub use config::{ClusterConfig, ConfigFileError, ProtocolOverrides, ReplicaEntry};
 pub use net::NetError;
 pub use server::{Limits, ReplicaOptions, ReplicaServer, ReplicaStatus, ServerError};

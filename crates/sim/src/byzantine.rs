@@ -11,8 +11,8 @@ use rand_chacha::ChaCha8Rng;
 use shieldwall_core::message::Signable;
 use shieldwall_core::message::{batch_digest, encode};
 use shieldwall_core::{
-    Authenticator, CheckpointCert, ClientId, Digest, Message, ReplicaId, Reply, Request, Signed,
-    SignedRequest, ViewChange,
+    Authenticator, CheckpointCert, ClientId, Digest, Message, ReplicaId, Reply, Request,
+    RequestAuth, Signed, SignedRequest, ViewChange, MAC_BYTES,
 };
 
 use crate::service::{KvOp, KvService};
@@ -182,7 +182,15 @@ impl Byzantine {
                             read_only: false,
                             op: KvOp::Put(b"k0".to_vec(), b"forged".to_vec()).encode(),
                         },
-                        auth: (0..32).map(|_| self.rng.gen()).collect(),
+                        auth: if self.rng.gen_bool(0.5) {
+                            RequestAuth::Signature((0..64).map(|_| self.rng.gen()).collect())
+                        } else {
+                            RequestAuth::Macs(
+                                (0..MAC_BYTES * self.n as usize)
+                                    .map(|_| self.rng.gen())
+                                    .collect(),
+                            )
+                        },
                     };
                     let at = self.rng.gen_range(0..=pp.body.batch.len());
                     pp.body.batch.insert(at, forged);

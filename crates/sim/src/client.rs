@@ -8,7 +8,10 @@ use rand_chacha::ChaCha8Rng;
 use shieldwall_core::message::encode;
 use std::sync::Arc;
 
-use shieldwall_core::{Authenticator, ClientId, ReplicaId, Reply, Request, SignedRequest};
+use shieldwall_core::{
+    Authenticator, ClientId, Principal, ReplicaId, Reply, Request, RequestAuth, SignedRequest,
+    MAC_BYTES,
+};
 
 use crate::checker::OpRecord;
 use crate::service::KvOp;
@@ -49,6 +52,10 @@ pub struct ClientParams {
     pub read_timeout_ms: u64,
     /// Replicas.
     pub n: u32,
+    /// Faulty replicas tolerated.
+    pub f: u32,
+    /// Authenticate requests with MAC vectors instead of signatures.
+    pub macs: bool,
     /// Matching replies for an ordered request.
     pub reply_quorum: usize,
     /// Matching replies for a read-only request.
@@ -98,6 +105,8 @@ pub struct Client {
     believed_view: u64,
     /// Replies that did not decode or did not match.
     pub bad_replies: u64,
+    /// The first of the f replicas whose MAC entries a bad-auth client corrupts.
+    mac_victim: u32,
 }
 
 const KEYS: u64 = 6;
@@ -109,9 +118,17 @@ impl Client {
         kind: ClientKind,
         auth: Arc<dyn Authenticator>,
         params: ClientParams,
-        rng: ChaCha8Rng,
+        mut rng: ChaCha8Rng,
     ) -> Client {
+        // Drawn only with MACs, so signature-mode runs (and their regression seeds) keep
+        // their random streams.
+        let mac_victim = if params.macs {
+            rng.gen_range(0..params.n.max(1))
+        } else {
+            0
+        };
         Client {
+            mac_victim,
             id,
             kind,
             auth,
@@ -156,8 +173,20 @@ impl Client {
     }
 
     fn sign(&self, request: Request) -> SignedRequest {
-        let auth = self.auth.sign(&request.signing_bytes());
+        let bytes = request.signing_bytes();
+        let auth = if self.params.macs {
+            RequestAuth::Macs(self.macs(&bytes))
+        } else {
+            RequestAuth::Signature(self.auth.sign(&bytes))
+        };
         SignedRequest { request, auth }
+    }
+
+    /// This client's MAC vector over `bytes`: one entry per replica.
+    fn macs(&self, bytes: &[u8]) -> Vec<u8> {
+        (0..self.params.n)
+            .flat_map(|r| self.auth.mac(Principal::Replica(r), bytes))
+            .collect()
     }
 
     fn random_op(&mut self, req_seq: u64) -> KvOp {
@@ -310,7 +339,7 @@ impl Client {
             read_only: false,
             op: op.encode(),
         };
-        let auth = match self.rng.gen_range(0..3) {
+        let auth = match self.rng.gen_range(0..if self.params.macs { 5 } else { 3 }) {
             // A signature by this client, claiming to be `client` (bad unless client == id,
             // in which case corrupt it).
             0 => {
@@ -320,13 +349,41 @@ impl Client {
                         *b ^= 1;
                     }
                 }
-                sig
+                RequestAuth::Signature(sig)
             }
-            1 => (0..32).map(|_| self.rng.gen()).collect(),
-            _ => Vec::new(),
+            1 => RequestAuth::Signature((0..32).map(|_| self.rng.gen()).collect()),
+            2 => RequestAuth::Signature(Vec::new()),
+            // This client's MAC vector with the entries of f replicas, always the same ones,
+            // corrupted (all entries when it claims to be another client, whose keys it does
+            // not have). Those replicas reject the batches carrying it without blaming the
+            // leader and catch up on the certified batches; a leader among them cannot
+            // propose it, so the others suspect it and a view change moves past it.
+            // Corrupting more than f replicas' entries over its requests would let the
+            // client stall every batch that carries them: that liveness attack is why
+            // MAC vectors are off by default (ADR 011).
+            3 => {
+                let mut macs = self.macs(&request.signing_bytes());
+                let f = self.params.f.max(1);
+                for k in 0..f {
+                    let r = ((self.mac_victim + k) % self.params.n) as usize;
+                    macs[r * MAC_BYTES] ^= 1;
+                }
+                if client != self.id {
+                    for b in &mut macs {
+                        *b ^= 0x55;
+                    }
+                }
+                RequestAuth::Macs(macs)
+            }
+            // A vector of the wrong length.
+            _ => RequestAuth::Macs((0..MAC_BYTES).map(|_| self.rng.gen()).collect()),
         };
+        // A MAC vector of this client's own that is good for some replicas authenticates the
+        // request to them: it may execute (validly), so the checker counts it as submitted.
+        let valid = matches!(auth, RequestAuth::Macs(_)) && client == self.id;
+        let submitted = valid.then(|| request.clone());
         let bytes = encode(&SignedRequest { request, auth });
-        self.send_all(&bytes, None, out);
+        self.send_all(&bytes, submitted.as_ref(), out);
         out.push(ClientOut::Wake(now_ms + self.rng.gen_range(5..40)));
     }
 

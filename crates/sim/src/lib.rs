@@ -54,6 +54,9 @@ pub struct SimParams {
     /// Run the replicas in durable mode on simulated disks: a crash loses only what was not
     /// synced, and a restarted replica recovers from its disk (`Replica::recover`).
     pub durable: bool,
+    /// Correct clients authenticate requests with MAC vectors instead of signatures, and the
+    /// replicas accept them (`Config::request_macs`).
+    pub request_macs: bool,
     /// A deliberate bug, to test that the checkers fail (tests only).
     #[doc(hidden)]
     pub inject: Option<Injection>,
@@ -75,6 +78,7 @@ impl SimParams {
             ed25519: false,
             trace: false,
             durable: false,
+            request_macs: false,
             inject: None,
         }
     }
@@ -160,6 +164,9 @@ pub fn replay_command(scenario: Scenario, params: &SimParams) -> String {
     }
     if params.durable {
         cmd.push_str(" --durable");
+    }
+    if params.request_macs {
+        cmd.push_str(" --request-macs");
     }
     cmd
 }

@@ -243,6 +243,7 @@ impl World {
         if params.durable || scenario.forces_durable() {
             cfg.durability = Durability::Durable;
         }
+        cfg.request_macs = params.request_macs;
         cfg.validate().map_err(|e| format!("configuration: {e}"))?;
         let mut plan_rng = sub_rng(params.seed, 1);
         let plan = plan(
@@ -300,6 +301,8 @@ impl World {
             retransmit_ms: 300,
             read_timeout_ms: 150,
             n: cfg.n,
+            f: cfg.f,
+            macs: params.request_macs,
             reply_quorum: cfg.reply_quorum(),
             read_quorum: cfg.read_quorum(),
         };

@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shieldwall_core::message::{batch_digest, PrePrepare, Signed, Vote};
-use shieldwall_core::{Digest, Message, Request, SignedRequest};
+use shieldwall_core::{Digest, Message, Request, RequestAuth, SignedRequest};
 use shieldwall_wire::{Decoder, Frame};
 
 fn request(i: u64) -> SignedRequest {
@@ -14,7 +14,7 @@ fn request(i: u64) -> SignedRequest {
             read_only: false,
             op: vec![7; 64],
         },
-        auth: vec![1; 64],
+        auth: RequestAuth::Signature(vec![1; 64]),
     }
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 use shieldwall_core::message::{Fetch, PrePrepare, Signed, Vote};
-use shieldwall_core::{Digest, Reply, Request};
+use shieldwall_core::{Digest, Reply, Request, RequestAuth};
 
 fn arb_principal() -> impl Strategy<Value = Principal> {
     prop_oneof![
@@ -17,16 +17,23 @@ fn arb_request() -> impl Strategy<Value = SignedRequest> {
         any::<bool>(),
         proptest::collection::vec(any::<u8>(), 0..128),
         proptest::collection::vec(any::<u8>(), 0..80),
+        any::<bool>(),
     )
-        .prop_map(|(client, req_seq, read_only, op, auth)| SignedRequest {
-            request: Request {
-                client,
-                req_seq,
-                read_only,
-                op,
+        .prop_map(
+            |(client, req_seq, read_only, op, auth, macs)| SignedRequest {
+                request: Request {
+                    client,
+                    req_seq,
+                    read_only,
+                    op,
+                },
+                auth: if macs {
+                    RequestAuth::Macs(auth)
+                } else {
+                    RequestAuth::Signature(auth)
+                },
             },
-            auth,
-        })
+        )
 }
 
 fn arb_vote() -> impl Strategy<Value = Signed<Vote>> {

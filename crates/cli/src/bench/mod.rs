@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use shieldwall_core::{Durability, FaultModel};
 use shieldwall_crypto::CLIENT_LANES;
 use shieldwall_kv::{KvOp, SetCondition};
-use shieldwall_node::{Client, ClientOptions, ClusterConfig};
+use shieldwall_node::{AuthMode, Client, ClientOptions, ClusterConfig};
 
 use crate::local::{LocalCluster, LocalSpec};
 use report::{Latency, ProcessCpu, Report, RunResult, Setup};
@@ -26,8 +26,18 @@ use report::{Latency, ProcessCpu, Report, RunResult, Setup};
 pub enum RequestAuth {
     /// An Ed25519 signature per request (what the client library does).
     Signature,
-    /// A MAC authenticator (one MAC per replica); not implemented yet.
+    /// A MAC vector (one blake3 MAC per replica); the cluster must accept them
+    /// (`request_macs = true`, set automatically for a cluster the bench starts).
     Mac,
+}
+
+impl RequestAuth {
+    fn mode(self) -> AuthMode {
+        match self {
+            RequestAuth::Signature => AuthMode::Signature,
+            RequestAuth::Mac => AuthMode::Mac,
+        }
+    }
 }
 
 /// What to run.
@@ -71,7 +81,8 @@ pub struct BenchArgs {
     /// Fraction of operations that are GETs (unordered reads), 0 to 1.
     #[arg(long, default_value_t = 0.0)]
     pub read_ratio: f64,
-    /// Request authentication: signature (Ed25519) or mac (not implemented yet).
+    /// Request authentication: signature (Ed25519) or mac (a MAC per replica; needs a
+    /// cluster with `request_macs = true`, which a cluster the bench starts gets).
     #[arg(long, value_enum, default_value_t = RequestAuth::Signature)]
     pub auth: RequestAuth,
     /// Measured time of each run (`30s`, `2m`).
@@ -126,14 +137,6 @@ const CLIENTS_MAX: u32 = 1024;
 impl Plan {
     /// Check the options; `now` names the default output directory.
     pub fn from_args(args: &BenchArgs, now: SystemTime) -> Result<Plan, String> {
-        if args.auth == RequestAuth::Mac {
-            return Err(
-                "--auth mac: MAC-authenticated client requests are not implemented \
-                        yet (the client library signs every request with Ed25519 and replicas \
-                        accept only signatures); use --auth signature"
-                    .into(),
-            );
-        }
         let target = match &args.cluster {
             Some(file) => {
                 let given: Vec<&str> = [
@@ -164,7 +167,12 @@ impl Plan {
                     fault_model: args.mode.unwrap_or(FaultModel::Byzantine),
                     durability: args.durability,
                     dir: None,
-                    protocol: args.protocol.clone(),
+                    protocol: match args.auth {
+                        RequestAuth::Mac => {
+                            [args.protocol.as_slice(), &["request_macs=true".into()]].concat()
+                        }
+                        RequestAuth::Signature => args.protocol.clone(),
+                    },
                     client_keys: 0,
                 })
             }
@@ -241,6 +249,14 @@ impl Plan {
 
     /// Check the plan against the cluster: enough client keys, operations within its limit.
     fn check_cluster(&self, cluster: &ClusterConfig) -> Result<(), String> {
+        if self.auth == RequestAuth::Mac && !cluster.protocol.request_macs {
+            return Err(
+                "--auth mac: the cluster does not accept MAC-authenticated requests \
+                 (set request_macs = true in its [protocol] table, or keygen --protocol \
+                 request_macs=true)"
+                    .into(),
+            );
+        }
         let need = self.first_key + u64::from(self.points.iter().copied().max().unwrap_or(1));
         if (cluster.clients.len() as u64) < need {
             return Err(format!(
@@ -437,6 +453,7 @@ async fn bench_one(
             ClientOptions::from_key_file(cluster, plan.first_key + c).map_err(|e| e.to_string())?;
         options.lanes = lanes;
         options.timeout = plan.timeout;
+        options.auth_mode = plan.auth.mode();
         connected.push(
             Client::connect(cluster, options)
                 .await
@@ -686,8 +703,6 @@ mod tests {
 
     #[test]
     fn rejected_options() {
-        let mac = plan(&["--auth", "mac"]).unwrap_err();
-        assert!(mac.contains("not implemented yet"), "{mac}");
         let both = plan(&["--cluster", "c.toml", "--replicas", "4", "--mode", "crash"]);
         assert!(both.unwrap_err().contains("--replicas, --mode"));
         assert!(plan(&["--clients", "2", "--sweep", "1,2"]).is_err());
@@ -725,6 +740,25 @@ mod tests {
             .check_cluster(&cluster)
             .unwrap_err();
         assert!(big.contains("request_bytes_max"), "{big}");
+        let macs = plan(&["--cluster", "c.toml", "--auth", "mac"])
+            .unwrap()
+            .check_cluster(&cluster)
+            .unwrap_err();
+        assert!(macs.contains("request_macs = true"), "{macs}");
+    }
+
+    #[test]
+    fn mac_auth_turns_on_request_macs_in_a_started_cluster() {
+        match plan(&["--auth", "mac", "--protocol", "pipeline_window=4"])
+            .unwrap()
+            .target
+        {
+            Target::Local(spec) => assert_eq!(
+                spec.protocol,
+                vec!["pipeline_window=4".to_string(), "request_macs=true".into()]
+            ),
+            t => panic!("{t:?}"),
+        }
     }
 
     #[test]

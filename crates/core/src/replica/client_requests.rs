@@ -22,7 +22,10 @@ impl Replica {
             }
             return;
         }
-        let window = self.cfg.client_pending_max;
+        // A client has at most W requests in flight, but a replica executing behind the
+        // quorum may still hold the previous window's requests when the client sends the next
+        // ones: dropping those at the leader stalled them until a retransmission.
+        let window = self.cfg.client_pending_max.saturating_mul(2);
         match self.clients.lookup(r.client, r.req_seq) {
             Lookup::Executed(result) => {
                 // A retransmission: answer from the cache, never execute twice.

@@ -9,7 +9,7 @@ use crate::auth::{Authenticator, SimAuth};
 use crate::config::{Config, FaultModel};
 use crate::message::{
     batch_digest, vote_signing_bytes, CheckpointCert, Message, Phase, PrePrepare, Reply, Request,
-    Signable, Signed, SignedRequest, StateSnapshot, Vote,
+    RequestAuth, Signable, Signed, SignedRequest, StateSnapshot, Vote, MAC_BYTES,
 };
 use crate::types::{Principal, ReplicaId};
 use crate::verify::{verify_message, verify_request};
@@ -40,7 +40,10 @@ fn request(client: u64, req_seq: u64, op: &[u8]) -> SignedRequest {
         op: op.to_vec(),
     };
     let sig = SimAuth::new(Principal::Client(client), SEED).sign(&request.signing_bytes());
-    SignedRequest { request, auth: sig }
+    SignedRequest {
+        request,
+        auth: RequestAuth::Signature(sig),
+    }
 }
 
 /// A pre-prepare for (view 0, seq 1) signed by its leader, replica 0.
@@ -600,14 +603,15 @@ fn client_bounds_are_enforced() {
     cfg.client_pending_max = 2;
     let mut r = Replica::new(cfg, 1, auth(Principal::Replica(1))).unwrap();
     let mut out = Vec::new();
-    for s in 1..=3 {
+    // Twice the window W is kept per client (a lagging replica still holds the last window).
+    for s in 1..=5 {
         r.handle(0, Event::Request(request(9, s, b"x")), &mut out);
     }
-    assert_eq!(r.pending_requests(), 2);
+    assert_eq!(r.pending_requests(), 4);
     assert_eq!(r.stats().rejected.get("client_over_limit"), Some(&1));
     // A request far ahead (a restarted client starting from its clock) is admitted.
     r.handle(0, Event::Request(request(8, 1 << 60, b"x")), &mut out);
-    assert_eq!(r.pending_requests(), 3);
+    assert_eq!(r.pending_requests(), 5);
 }
 
 #[test]
@@ -671,11 +675,108 @@ fn forged_and_garbage_messages_are_rejected_before_the_engine() {
     );
     // A pre-prepare whose batch holds a badly signed request blames the leader.
     let mut bad = request(1, 1, b"x");
-    bad.auth[0] ^= 1;
+    bad.auth.bytes_mut()[0] ^= 1;
     let batch = vec![bad];
     let pp = Message::PrePrepare(leader_pre_prepare(batch));
     let rej = verify_message(&cfg, a.as_ref(), &pp).unwrap_err();
     assert_eq!(rej.blame, Some((0, 0)));
+}
+
+/// A request of `client` with a MAC vector for `n` replicas computed with `key`'s keys, its
+/// entries for `corrupt` flipped.
+fn mac_request(key: u64, client: u64, op: &[u8], n: u32, corrupt: &[ReplicaId]) -> SignedRequest {
+    let request = Request {
+        client,
+        req_seq: 1,
+        read_only: false,
+        op: op.to_vec(),
+    };
+    let a = auth(Principal::Client(key));
+    let bytes = request.signing_bytes();
+    let mut macs = Vec::new();
+    for r in 0..n {
+        let mut tag = a.mac(Principal::Replica(r), &bytes);
+        if corrupt.contains(&r) {
+            tag[0] ^= 1;
+        }
+        macs.extend_from_slice(&tag);
+    }
+    SignedRequest {
+        request,
+        auth: RequestAuth::Macs(macs),
+    }
+}
+
+#[test]
+fn mac_vectors_are_checked_on_each_replicas_own_entry() {
+    use crate::verify::{check_committed_batch, Reject};
+    let mut cfg = config(4, FaultModel::Byzantine);
+    let good = mac_request(5, 5, b"x", 4, &[]);
+    let bad_for_2 = mac_request(5, 5, b"x", 4, &[2]);
+    let r = |i| auth(Principal::Replica(i));
+    // Refused while the cluster does not accept MACs.
+    assert_eq!(
+        verify_request(&cfg, r(1).as_ref(), &good),
+        Err(Reject::BadClientAuth)
+    );
+    cfg.request_macs = true;
+    for i in 0..4 {
+        assert_eq!(verify_request(&cfg, r(i).as_ref(), &good), Ok(()));
+    }
+    // Each replica reads only its own entry.
+    assert_eq!(verify_request(&cfg, r(1).as_ref(), &bad_for_2), Ok(()));
+    assert_eq!(
+        verify_request(&cfg, r(2).as_ref(), &bad_for_2),
+        Err(Reject::BadClientMac)
+    );
+    // A vector of the wrong length, and one made with another client's keys.
+    let mut short = good.clone();
+    short.auth.bytes_mut().truncate(3 * MAC_BYTES);
+    assert_eq!(
+        verify_request(&cfg, r(0).as_ref(), &short),
+        Err(Reject::BadClientMac)
+    );
+    let impostor = mac_request(6, 5, b"x", 4, &[]);
+    assert_eq!(
+        verify_request(&cfg, r(0).as_ref(), &impostor),
+        Err(Reject::BadClientMac)
+    );
+
+    // In a fresh proposal: replica 2 rejects it without blaming the leader, who could not
+    // have checked replica 2's entry; replica 1 accepts it.
+    let pp = leader_pre_prepare(vec![bad_for_2.clone()]);
+    let rej = verify_message(&cfg, r(2).as_ref(), &Message::PrePrepare(pp.clone())).unwrap_err();
+    assert_eq!(rej.reason, Reject::BadClientMac);
+    assert_eq!(rej.blame, None);
+    assert!(verify_message(&cfg, r(1).as_ref(), &Message::PrePrepare(pp.clone())).is_ok());
+
+    // Once a quorum certified the batch, replica 2 follows it: certified batches are not
+    // checked against MAC vectors (the quorum's correct members checked their entries).
+    let vote = Vote {
+        view: 0,
+        seq: 1,
+        batch_digest: pp.body.batch_digest,
+    };
+    let commits = (0..3)
+        .map(|i| Signed {
+            from: i,
+            body: vote,
+            sig: r(i).sign(&vote_signing_bytes(Phase::Commit, &vote)),
+        })
+        .collect();
+    let committed = crate::message::CommittedBatch {
+        pre_prepare: pp.body.clone(),
+        commits,
+    };
+    assert!(check_committed_batch(&cfg, r(2).as_ref(), &committed).is_ok());
+    // ...but MAC vectors stay refused in a cluster that does not accept them.
+    cfg.request_macs = false;
+    assert_eq!(
+        check_committed_batch(&cfg, r(2).as_ref(), &committed)
+            .unwrap_err()
+            .reason,
+        Reject::BadClientAuth
+    );
 }
 
 #[test]

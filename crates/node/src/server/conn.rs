@@ -758,7 +758,7 @@ mod tests {
     use shieldwall_core::message::{
         batch_digest, vote_signing_bytes, Phase, PrePrepare, Signable, Signed, Vote,
     };
-    use shieldwall_core::{Digest, Request};
+    use shieldwall_core::{Digest, Request, RequestAuth};
     use shieldwall_crypto::{client_id, KeyPair, Keyring};
 
     struct Fixture {
@@ -810,7 +810,7 @@ mod tests {
             op: vec![7],
         };
         SignedRequest {
-            auth: signer.sign(&request.signing_bytes()),
+            auth: RequestAuth::Signature(signer.sign(&request.signing_bytes())),
             request,
         }
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
-use shieldwall_core::{Durability, Principal, Replica, ReplicaId};
+use shieldwall_core::{Config, Durability, Principal, Replica, ReplicaId, MAC_BYTES};
 use shieldwall_crypto::pool::BatchPool;
 use shieldwall_crypto::{KeyPair, NodeAuth, VerifiedCache};
 use tokio::sync::Semaphore;
@@ -89,9 +89,9 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Largest frame from a client: a maximal request plus its envelope.
-    fn client_frame_bytes(&self, request_bytes_max: u32) -> usize {
-        request_bytes_max as usize + 4096
+    /// Largest frame from a client: a maximal request, a MAC per replica and the envelope.
+    fn client_frame_bytes(&self, protocol: &Config) -> usize {
+        protocol.request_bytes_max as usize + MAC_BYTES * protocol.n as usize + 4096
     }
 }
 
@@ -520,7 +520,7 @@ impl ReplicaServer {
                 .max(2 * options.limits.peer_frame_bytes_max),
             ..options.limits.clone()
         };
-        let client_frame_bytes_max = limits.client_frame_bytes(protocol.request_bytes_max);
+        let client_frame_bytes_max = limits.client_frame_bytes(&protocol);
         let ctx = Arc::new(NetContext {
             me: id,
             cluster_id: cluster.cluster_id,

@@ -2,6 +2,7 @@ use proptest::prelude::*;
 use shieldwall_node::Service;
 
 use super::*;
+use crate::ops::encode;
 
 fn b(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
