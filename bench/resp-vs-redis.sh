@@ -5,6 +5,8 @@
 # Usage: bench/resp-vs-redis.sh [requests per test (default 50000)] [replicas (default 4)]
 # Needs redis-server and redis-benchmark (Debian: apt-get install redis-server redis-tools) and a
 # release build (cargo build --release -p shieldwall). Every process it starts is stopped by PID.
+# PROTOCOL="request_macs=true pipeline_window=2" passes protocol settings to the cluster (with
+# request_macs=true the RESP front authenticates requests with MACs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-50000}
@@ -33,8 +35,10 @@ for pipe in 1 16; do run redis-server "$rport" "$pipe"; done
 kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
 
 sport=$(free_port)
+protocol_args=()
+for setting in ${PROTOCOL:-}; do protocol_args+=(--protocol "$setting"); done
 "$BIN" local --replicas "$REPLICAS" --resp "127.0.0.1:$sport" --for 600s --dir "$work/cluster" \
-  >"$work/local.log" 2>&1 &
+  "${protocol_args[@]}" >"$work/local.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 600); do redis-cli -p "$sport" ping >/dev/null 2>&1 && break; sleep 0.05; done
 for pipe in 1 16; do run "shieldwall-$REPLICAS" "$sport" "$pipe"; done

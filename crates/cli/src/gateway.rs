@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use shieldwall_kv::{serve_with_shutdown, GatewayOptions};
-use shieldwall_node::{Client, ClientOptions, ClusterConfig};
+use shieldwall_node::{AuthMode, Client, ClientOptions, ClusterConfig};
 use tokio::net::TcpListener;
 
 /// How to run the gateway.
@@ -33,6 +33,20 @@ pub struct ClientKeyArgs {
     /// Operation timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Request authentication: signature (Ed25519) or mac (one MAC per replica, far cheaper;
+    /// the cluster must have `request_macs = true`). Default: mac when the cluster accepts
+    /// it, else signature.
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthArg>,
+}
+
+/// `--auth` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthArg {
+    /// An Ed25519 signature per request.
+    Signature,
+    /// A MAC per replica (needs `request_macs = true` in the cluster file).
+    Mac,
 }
 
 impl ClientKeyArgs {
@@ -53,7 +67,23 @@ impl ClientKeyArgs {
             None => ClientOptions::from_key_file(cluster, key).map_err(|e| e.to_string())?,
         };
         o.timeout = std::time::Duration::from_millis(self.timeout_ms);
+        o.auth_mode = auth_mode(self.auth, cluster.protocol.request_macs)?;
         Ok(o)
+    }
+}
+
+/// The authentication a client uses: what was asked for, else MACs where the cluster accepts
+/// them.
+pub(crate) fn auth_mode(
+    asked: Option<AuthArg>,
+    cluster_accepts_macs: bool,
+) -> Result<AuthMode, String> {
+    match (asked, cluster_accepts_macs) {
+        (Some(AuthArg::Mac), false) => Err("--auth mac: the cluster does not accept \
+             MAC-authenticated requests (request_macs = true in its [protocol] table)"
+            .into()),
+        (Some(AuthArg::Mac), true) | (None, true) => Ok(AuthMode::Mac),
+        (Some(AuthArg::Signature), _) | (None, false) => Ok(AuthMode::Signature),
     }
 }
 
@@ -91,4 +121,22 @@ pub fn run(args: GatewayArgs) -> Result<(), String> {
         eprintln!("RESP gateway on {} (client key {})", args.listen, key);
         serve(&cluster, options, listener, crate::shutdown_signal()).await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_defaults_to_macs_where_the_cluster_accepts_them() {
+        assert_eq!(auth_mode(None, true), Ok(AuthMode::Mac));
+        assert_eq!(auth_mode(None, false), Ok(AuthMode::Signature));
+        assert_eq!(
+            auth_mode(Some(AuthArg::Signature), true),
+            Ok(AuthMode::Signature)
+        );
+        assert!(auth_mode(Some(AuthArg::Mac), false)
+            .unwrap_err()
+            .contains("request_macs = true"));
+    }
 }

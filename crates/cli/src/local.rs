@@ -313,7 +313,8 @@ pub fn run(args: LocalArgs) -> Result<(), String> {
             )
         })?;
         let resp = listener.local_addr().map_err(|e| e.to_string())?;
-        let options = ClientOptions::from_key_file(cluster, 0).map_err(|e| e.to_string())?;
+        let mut options = ClientOptions::from_key_file(cluster, 0).map_err(|e| e.to_string())?;
+        options.auth_mode = crate::gateway::auth_mode(None, cluster.protocol.request_macs)?;
         let f = cluster.protocol.f;
         println!(
             "shieldwall: {n} replicas, {} mode (tolerates f={f}), {} durability",

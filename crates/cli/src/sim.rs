@@ -40,6 +40,10 @@ pub struct SimArgs {
     /// MAC vectors with up to f corrupted entries.
     #[arg(long)]
     request_macs: bool,
+    /// The leader's adaptive pipelining threshold (`pipeline_fill`): with k batches in flight
+    /// it opens another only once k times this many requests wait; 0 fills eagerly.
+    #[arg(long, default_value_t = 0)]
+    pipeline_fill: u32,
     /// With --seed: print every delivered message and execution to stderr.
     #[arg(long)]
     trace: bool,
@@ -89,6 +93,7 @@ pub fn sim(args: SimArgs) -> ExitCode {
         ed25519: args.ed25519,
         durable: args.durable,
         request_macs: args.request_macs,
+        pipeline_fill: args.pipeline_fill,
         ..SimParams::new(0, n, args.fault_model)
     };
 

@@ -128,6 +128,17 @@ pub struct Config {
     /// trusted not to attack liveness (e.g. behind a gateway) should turn it on.
     #[serde(default)]
     pub request_macs: bool,
+    /// Adaptive pipelining: with `k` batches in flight, the leader opens another only once
+    /// `k * pipeline_fill` requests wait (an idle pipeline always proposes at once). Under
+    /// light load one batch at a time keeps latency low; under load the queue grows, batches
+    /// grow with it and the per-batch cost (signed votes) is shared by more requests. 0
+    /// fills the pipeline eagerly.
+    #[serde(default = "default_pipeline_fill")]
+    pub pipeline_fill: u32,
+}
+
+fn default_pipeline_fill() -> u32 {
+    64
 }
 
 fn default_state_chunk_bytes() -> u32 {
@@ -182,6 +193,7 @@ impl Config {
             durability: Durability::Memory,
             state_chunk_bytes: default_state_chunk_bytes(),
             request_macs: false,
+            pipeline_fill: default_pipeline_fill(),
         }
     }
 

@@ -125,6 +125,7 @@ protocol_overrides!(
     fetch_batches_max: u32,
     state_chunk_bytes: u32,
     request_macs: bool,
+    pipeline_fill: u32,
 );
 
 impl ProtocolOverrides {

@@ -57,6 +57,9 @@ pub struct SimParams {
     /// Correct clients authenticate requests with MAC vectors instead of signatures, and the
     /// replicas accept them (`Config::request_macs`).
     pub request_macs: bool,
+    /// The leader's adaptive pipelining threshold (`Config::pipeline_fill`); 0, the default
+    /// here, fills the pipeline eagerly so view changes meet several prepared slots.
+    pub pipeline_fill: u32,
     /// A deliberate bug, to test that the checkers fail (tests only).
     #[doc(hidden)]
     pub inject: Option<Injection>,
@@ -79,6 +82,7 @@ impl SimParams {
             trace: false,
             durable: false,
             request_macs: false,
+            pipeline_fill: 0,
             inject: None,
         }
     }
@@ -167,6 +171,9 @@ pub fn replay_command(scenario: Scenario, params: &SimParams) -> String {
     }
     if params.request_macs {
         cmd.push_str(" --request-macs");
+    }
+    if params.pipeline_fill != defaults.pipeline_fill {
+        cmd.push_str(&format!(" --pipeline-fill {}", params.pipeline_fill));
     }
     cmd
 }

@@ -221,6 +221,10 @@ pub(crate) fn sim_config(n: u32, model: shieldwall_core::FaultModel) -> Config {
     cfg.checkpoint_interval = 8;
     cfg.watermark_window = 32;
     cfg.pipeline_window = 4;
+    // Eager pipelining by default (`SimParams::pipeline_fill`): the light simulated load
+    // would otherwise keep one batch in flight, and view changes must meet several prepared
+    // slots.
+    cfg.pipeline_fill = 0;
     cfg.batch_requests_max = 16;
     cfg.client_pending_max = 8;
     // Small enough that the client-flood scenario fills it.
@@ -244,6 +248,7 @@ impl World {
             cfg.durability = Durability::Durable;
         }
         cfg.request_macs = params.request_macs;
+        cfg.pipeline_fill = params.pipeline_fill;
         cfg.validate().map_err(|e| format!("configuration: {e}"))?;
         let mut plan_rng = sub_rng(params.seed, 1);
         let plan = plan(

@@ -144,27 +144,24 @@ fn durable_mode_under_crashes_and_chaos() {
 /// client corrupting f replicas' entries (those replicas must follow certified batches), a
 /// leader forging requests, relays to the leader, lying state transfer, crashes and loss.
 /// Half the seeds: the campaigns above cover the protocol itself.
-#[test]
-fn mac_authenticated_requests() {
-    let scenarios = [
-        Scenario::BadClientAuth,
-        Scenario::SkipLeader,
-        Scenario::CrashRestart,
-        Scenario::Lossy,
-        Scenario::ForgedRequest,
-        Scenario::LyingStateTransfer,
-    ];
-    for scenario in scenarios {
+/// Runs `scenarios` in byzantine n=4 and crash n=3 with `setup` applied to the defaults.
+fn variant_campaign(
+    label: &str,
+    first_seed: u64,
+    scenarios: &[Scenario],
+    setup: impl Fn(&mut SimParams),
+) {
+    for &scenario in scenarios {
         for (n, model) in [(4, FaultModel::Byzantine), (3, FaultModel::Crash)] {
             if !scenario.applies_to(model) {
                 continue;
             }
             let mut base = SimParams::new(0, n, model);
-            base.request_macs = true;
-            let start = 11_000_000 + u64::from(n) * 100_000;
+            setup(&mut base);
+            let start = first_seed + u64::from(n) * 100_000;
             let r = campaign(scenario, start..start + seeds(true), base);
             eprintln!(
-                "macs {scenario} n={n} {model}: {} runs, {} commits, {} view changes",
+                "{label} {scenario} n={n} {model}: {} runs, {} commits, {} view changes",
                 r.runs, r.commits, r.view_changes
             );
             if let Some(f) = r.failures.first() {
@@ -180,6 +177,33 @@ fn mac_authenticated_requests() {
             assert!(r.completed_ops > 0, "no operation completed in {scenario}");
         }
     }
+}
+
+#[test]
+fn mac_authenticated_requests() {
+    let scenarios = [
+        Scenario::BadClientAuth,
+        Scenario::SkipLeader,
+        Scenario::CrashRestart,
+        Scenario::Lossy,
+        Scenario::ForgedRequest,
+        Scenario::LyingStateTransfer,
+    ];
+    variant_campaign("macs", 11_000_000, &scenarios, |p| p.request_macs = true);
+}
+
+/// The leader's adaptive pipelining (the production default fills the pipeline only as the
+/// queue grows): view changes, crashes and losses meet a pipeline that is partly filled.
+#[test]
+fn adaptive_pipelining() {
+    let scenarios = [
+        Scenario::SkipLeader,
+        Scenario::CrashRestart,
+        Scenario::Lossy,
+        Scenario::EquivocatingLeader,
+        Scenario::Chaos,
+    ];
+    variant_campaign("fill=2", 12_000_000, &scenarios, |p| p.pipeline_fill = 2);
 }
 
 #[test]

@@ -65,11 +65,16 @@ impl Replica {
             return;
         }
         let window_top = self.cfg.window_top(self.stable.seq);
-        while !self.queue.is_empty()
-            && self.next_seq <= window_top
-            && (self.next_seq - 1).saturating_sub(self.last_executed)
-                < u64::from(self.cfg.pipeline_window)
-        {
+        loop {
+            let in_flight = (self.next_seq - 1).saturating_sub(self.last_executed);
+            let fill = in_flight.saturating_mul(u64::from(self.cfg.pipeline_fill));
+            if self.queue.is_empty()
+                || self.next_seq > window_top
+                || in_flight >= u64::from(self.cfg.pipeline_window)
+                || (self.queue.len() as u64) < fill
+            {
+                break;
+            }
             let mut batch = Vec::new();
             let mut bytes = 0usize;
             while let Some(key) = self.queue.front().copied() {

@@ -394,5 +394,8 @@ impl Replica {
         if self.next_seq <= seq {
             self.next_seq = seq + 1;
         }
+        // The restored checkpoint retired what a leader had in flight: waiting requests may
+        // now fill the pipeline (`Config::pipeline_fill`).
+        self.try_propose();
     }
 }

@@ -22,6 +22,7 @@ fn config(n: u32, model: FaultModel) -> Config {
     c.checkpoint_interval = 4;
     c.watermark_window = 8;
     c.pipeline_window = 2;
+    c.pipeline_fill = 0;
     c.request_timeout_ms = 100;
     c.view_change_timeout_ms = 100;
     c.fetch_timeout_ms = 50;
@@ -393,24 +394,41 @@ fn crash_mode_follower_commits_directly() {
 
 #[test]
 fn leader_batches_adaptively_within_the_pipeline() {
-    let mut c = Cluster::new(4, FaultModel::Byzantine);
-    // Hold the network: requests arrive while the pipeline (W=2) is full.
-    let mut out = Vec::new();
-    for s in 1..=6 {
-        c.replicas[0].handle(0, Event::Request(request(1, s, b"op")), &mut out);
-    }
-    let proposals: Vec<usize> = out
-        .iter()
-        .filter_map(|a| match a {
-            Action::Broadcast {
-                message: Message::PrePrepare(p),
-            } => Some(p.body.batch.len()),
-            _ => None,
-        })
-        .collect();
-    // The first request goes out alone at once, the second fills the second slot; the rest
-    // wait for a free slot and will form one batch.
-    assert_eq!(proposals, vec![1, 1]);
+    let proposals = |fill: u32| {
+        let mut c = Cluster::new(4, FaultModel::Byzantine);
+        c.replicas[0] = Replica::new(
+            Config {
+                pipeline_fill: fill,
+                ..c.cfg.clone()
+            },
+            0,
+            auth(Principal::Replica(0)),
+        )
+        .unwrap();
+        // Hold the network: requests arrive while batches are in flight (W=2).
+        let mut out = Vec::new();
+        for s in 1..=6 {
+            c.replicas[0].handle(0, Event::Request(request(1, s, b"op")), &mut out);
+        }
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Broadcast {
+                    message: Message::PrePrepare(p),
+                } => Some(p.body.batch.len()),
+                _ => None,
+            })
+            .collect::<Vec<usize>>()
+    };
+    // Eager: the first request goes out alone at once, the second fills the second slot;
+    // the rest wait for a free slot and will form one batch.
+    assert_eq!(proposals(0), vec![1, 1]);
+    // Adaptive: with one batch in flight, a second opens once 3 requests wait.
+    assert_eq!(proposals(3), vec![1, 3]);
+    // The default waits for more than 6 with a batch in flight: the pipeline stays at one.
+    assert_eq!(
+        proposals(Config::new(4, 1, FaultModel::Byzantine).pipeline_fill),
+        vec![1]
+    );
 }
 
 #[test]
