@@ -700,6 +700,61 @@ fn forged_and_garbage_messages_are_rejected_before_the_engine() {
     assert_eq!(rej.blame, Some((0, 0)));
 }
 
+#[test]
+fn crash_mode_trusts_replica_signatures_but_checks_structure() {
+    let cfg = config(3, FaultModel::Crash);
+    let a = auth(Principal::Replica(1));
+    let vote = Vote {
+        view: 0,
+        seq: 1,
+        batch_digest: Default::default(),
+    };
+    // Replicas are trusted: a vote's signature is not checked (the link names the sender).
+    let unsigned = Message::Commit(Signed {
+        from: 2,
+        body: vote,
+        sig: vec![],
+    });
+    assert!(verify_message(&cfg, a.as_ref(), &unsigned).is_ok());
+    // Nor a client's authenticator inside the leader's batch: the leader checked it.
+    let mut relayed = request(1, 1, b"x");
+    relayed.auth.bytes_mut()[0] ^= 1;
+    let pp = Message::PrePrepare(leader_pre_prepare(vec![relayed]));
+    assert!(verify_message(&cfg, a.as_ref(), &pp).is_ok());
+    // Structure still is: senders in range, leaders, digests.
+    let out_of_range = Message::Commit(Signed {
+        from: 3,
+        body: vote,
+        sig: vec![],
+    });
+    assert_eq!(
+        verify_message(&cfg, a.as_ref(), &out_of_range)
+            .unwrap_err()
+            .reason,
+        crate::verify::Reject::UnknownSender
+    );
+    let Message::PrePrepare(mut not_leader) = pp.clone() else {
+        unreachable!()
+    };
+    not_leader.from = 2;
+    assert_eq!(
+        verify_message(&cfg, a.as_ref(), &Message::PrePrepare(not_leader))
+            .unwrap_err()
+            .reason,
+        crate::verify::Reject::NotLeader
+    );
+    let Message::PrePrepare(mut tampered) = pp else {
+        unreachable!()
+    };
+    tampered.body.batch[0].request.op = b"y".to_vec();
+    assert_eq!(
+        verify_message(&cfg, a.as_ref(), &Message::PrePrepare(tampered))
+            .unwrap_err()
+            .reason,
+        crate::verify::Reject::DigestMismatch
+    );
+}
+
 /// A request of `client` with a MAC vector for `n` replicas computed with `key`'s keys, its
 /// entries for `corrupt` flipped.
 fn mac_request(key: u64, client: u64, op: &[u8], n: u32, corrupt: &[ReplicaId]) -> SignedRequest {

@@ -565,6 +565,17 @@ async fn peer_inbound(
         match next {
             Ok(Some((Frame::Peer(msg), size, permit))) => {
                 ctx.metrics.bytes_in.inc_by(size as u64);
+                if msg.from() != j {
+                    // A replica speaks only for itself on its link; crash mode, which does
+                    // not check replicas' signatures, relies on this binding.
+                    debug!(
+                        peer = j,
+                        from = msg.from(),
+                        "a peer spoke for another replica"
+                    );
+                    ctx.metrics.reject("sender_not_peer");
+                    break;
+                }
                 if ctx
                     .verify
                     .submit(VerifyJob::Message { msg, permit })
