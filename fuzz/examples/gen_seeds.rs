@@ -320,6 +320,19 @@ fn kv_ops() -> Vec<(&'static str, KvOp)> {
             },
         ),
         ("flushall", KvOp::FlushAll),
+        (
+            "pipeline",
+            KvOp::pipeline(&[
+                KvOp::IncrBy {
+                    key: k("n"),
+                    delta: 1,
+                },
+                KvOp::Append {
+                    key: k("k"),
+                    value: k("v"),
+                },
+            ]),
+        ),
     ]
 }
 

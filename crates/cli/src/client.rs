@@ -78,6 +78,8 @@ pub fn format_reply(reply: &KvReply) -> String {
                 None => format!("{}) (nil)\n", i + 1),
             })
             .collect(),
+        // One reply per pipelined command, in order.
+        KvReply::Pipeline(replies) => replies.iter().map(format_reply).collect(),
     }
 }
 

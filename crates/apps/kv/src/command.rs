@@ -826,6 +826,12 @@ pub fn write_kv_reply<B: BufMut>(out: &mut B, reply: &KvReply) {
             }
         }
         KvReply::Error(line) => resp::write_error(out, line),
+        // One reply per pipelined command, one after another (as Redis answers a pipeline).
+        KvReply::Pipeline(replies) => {
+            for reply in replies {
+                write_kv_reply(out, reply);
+            }
+        }
     }
 }
 

@@ -10,6 +10,12 @@
 //! - the writer sends replies strictly in request order, coalescing every reply that is ready
 //!   into one write.
 //!
+//! Consecutive writes that arrive together (a client's pipeline: `redis-benchmark -P 16`)
+//! go to the backend as one [`KvOp::Pipeline`] of up to [`GatewayOptions::coalesce_max`]
+//! operations: one request of the replication protocol instead of one per command, applied
+//! in order and atomically. Commands are only grouped with those already read, so grouping
+//! never waits for input.
+//!
 //! A backend future that completes on its first poll (the [`LocalBackend`]) is answered inline;
 //! others run as tasks of their own. Errors are per command: a protocol error or a backend
 //! error becomes `-ERR ...` for that command and the connection goes on.
@@ -47,7 +53,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, Instrument};
 
 use crate::command::{self, Action, ServerStatus, Session};
-use crate::ops::{KvOp, KvReply};
+use crate::ops::{KvOp, KvReply, PIPELINE_OPS_MAX};
 use crate::resp::{self, ParserLimits, RespParser};
 use crate::service::{KvLimits, KvService};
 
@@ -157,6 +163,11 @@ pub struct GatewayOptions {
     /// Bounds on one command ([`ParserLimits::default`]); a connection's input buffer holds at
     /// most [`ParserLimits::element_bytes_max`] plus one read.
     pub parser: ParserLimits,
+    /// Most pipelined writes of one connection sent to the backend as one
+    /// [`KvOp::Pipeline`] (64, at most [`PIPELINE_OPS_MAX`]; 0 or 1 sends each alone).
+    /// Consecutive writes read together (a client's pipeline) are coalesced, up to 16 KiB,
+    /// so that they take one round of the protocol instead of one each.
+    pub coalesce_max: usize,
 }
 
 impl Default for GatewayOptions {
@@ -165,9 +176,16 @@ impl Default for GatewayOptions {
             connections_max: 1024,
             pipeline_max: 128,
             parser: ParserLimits::default(),
+            coalesce_max: 64,
         }
     }
 }
+
+/// Encoded bytes of pipelined writes coalesced into one backend call, at most (well within
+/// the cluster's default request size of 64 KiB).
+const COALESCE_BYTES_MAX: usize = 16 << 10;
+/// A write larger than this is never coalesced.
+const COALESCE_OP_BYTES_MAX: usize = 4 << 10;
 
 /// How many bytes one read asks for.
 const READ_CHUNK_BYTES: usize = 16 << 10;
@@ -379,8 +397,31 @@ impl Footprint {
             KvOp::MSet { pairs } => (true, Some(pairs.iter().map(|(k, _)| hash(k)).collect())),
             KvOp::DbSize | KvOp::Keys { .. } => (false, None),
             KvOp::FlushAll => (true, None),
+            KvOp::Pipeline { ops } => {
+                let mut all = Footprint {
+                    write: false,
+                    keys: Some(Vec::new()),
+                };
+                for bytes in ops {
+                    match KvOp::decode(bytes) {
+                        Ok(op) => all.add(&Footprint::of(&op)),
+                        // Not an operation: it conflicts with everything.
+                        Err(_) => all.add(&Footprint::of(&KvOp::FlushAll)),
+                    }
+                }
+                return all;
+            }
         };
         Footprint { write, keys }
+    }
+
+    /// Widen to also cover `other`.
+    fn add(&mut self, other: &Footprint) {
+        self.write |= other.write;
+        match (&mut self.keys, &other.keys) {
+            (Some(mine), Some(theirs)) => mine.extend_from_slice(theirs),
+            (keys, _) => *keys = None,
+        }
     }
 
     fn conflicts(&self, other: &Footprint) -> bool {
@@ -502,6 +543,8 @@ async fn read_commands(
     let mut parser = RespParser::new(shared.options.parser.clone());
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut outstanding = Outstanding::default();
+    let mut group = Coalesced::default();
+    let coalesce_max = shared.options.coalesce_max.min(PIPELINE_OPS_MAX);
     let connected_at = Instant::now();
     loop {
         // Start every command that is complete in the buffer.
@@ -520,19 +563,53 @@ async fn read_commands(
                 }
             };
             // Back-pressure: wait while `pipeline_max` replies are outstanding. The semaphore
-            // is never closed, so acquiring only fails if that invariant breaks.
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return Ok(ReadEnd::WriterGone);
+            // is never closed, so acquiring only fails if that invariant breaks. Coalesced
+            // writes hold places that free only once they start: start them before waiting.
+            let permit = match in_flight.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    if !group.flush(&shared.backend, &mut outstanding, &tx).await {
+                        return Ok(ReadEnd::WriterGone);
+                    }
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        return Ok(ReadEnd::WriterGone);
+                    };
+                    permit
+                }
             };
+            if let Action::Ordered(op) = &action {
+                let encoded = if op.pipelines() && coalesce_max > 1 {
+                    Some(op.encode()).filter(|e| e.len() <= COALESCE_OP_BYTES_MAX)
+                } else {
+                    None
+                };
+                if let Some(encoded) = encoded {
+                    if !group.has_room(encoded.len(), coalesce_max)
+                        && !group.flush(&shared.backend, &mut outstanding, &tx).await
+                    {
+                        return Ok(ReadEnd::WriterGone);
+                    }
+                    let Action::Ordered(op) = action else {
+                        unreachable!("matched above")
+                    };
+                    group.push(op, encoded, permit);
+                    continue;
+                }
+            }
+            // What was coalesced before this command starts first: replies keep request
+            // order, and this command's dependencies include it.
+            if !group.flush(&shared.backend, &mut outstanding, &tx).await {
+                return Ok(ReadEnd::WriterGone);
+            }
             let (slot, quit) = match action {
                 Action::Reply(bytes) => (Slot::Ready(bytes, permit), false),
                 Action::Close(bytes) => (Slot::Ready(bytes, permit), true),
                 Action::Ordered(op) => {
-                    let slot = start(&shared.backend, op, true, &mut outstanding, permit);
+                    let slot = start(&shared.backend, op, 1, true, &mut outstanding, permit);
                     (slot, false)
                 }
                 Action::Read(op) => {
-                    let slot = start(&shared.backend, op, false, &mut outstanding, permit);
+                    let slot = start(&shared.backend, op, 1, false, &mut outstanding, permit);
                     (slot, false)
                 }
             };
@@ -542,6 +619,10 @@ async fn read_commands(
             if quit {
                 return Ok(ReadEnd::Quit);
             }
+        }
+        // No complete command is left: start the coalesced writes before waiting for input.
+        if !group.flush(&shared.backend, &mut outstanding, &tx).await {
+            return Ok(ReadEnd::WriterGone);
         }
         // The buffer now holds at most one incomplete element (the parser consumed the rest),
         // so with reads of at most READ_CHUNK_BYTES it never exceeds
@@ -566,13 +647,70 @@ async fn read_commands(
     }
 }
 
+/// Pipelined writes of one connection waiting to go to the backend as one
+/// [`KvOp::Pipeline`]: consecutive commands that were read together, so coalescing them
+/// delays none of them.
+#[derive(Debug, Default)]
+struct Coalesced {
+    /// The first operation, and the encodings of all.
+    first: Option<KvOp>,
+    ops: Vec<Vec<u8>>,
+    bytes: usize,
+    /// One place in the connection's pipeline per command.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Coalesced {
+    fn has_room(&self, encoded: usize, ops_max: usize) -> bool {
+        self.ops.len() < ops_max && self.bytes + encoded <= COALESCE_BYTES_MAX
+    }
+
+    fn push(&mut self, op: KvOp, encoded: Vec<u8>, permit: OwnedSemaphorePermit) {
+        self.bytes += encoded.len();
+        self.ops.push(encoded);
+        if self.first.is_none() {
+            self.first = Some(op);
+        }
+        match &mut self.permit {
+            Some(held) => held.merge(permit),
+            None => self.permit = Some(permit),
+        }
+    }
+
+    /// Start what is held (one command alone, several as a pipeline) and queue its reply
+    /// slot; false if the writer is gone.
+    async fn flush(
+        &mut self,
+        backend: &Arc<dyn Backend>,
+        outstanding: &mut Outstanding,
+        tx: &mpsc::Sender<Slot>,
+    ) -> bool {
+        let Some(permit) = self.permit.take() else {
+            return true;
+        };
+        let ops = std::mem::take(&mut self.ops);
+        let first = self.first.take();
+        self.bytes = 0;
+        let replies = ops.len();
+        let op = match first {
+            Some(op) if replies == 1 => op,
+            _ => KvOp::Pipeline { ops },
+        };
+        tx.send(start(backend, op, replies, true, outstanding, permit))
+            .await
+            .is_ok()
+    }
+}
+
 /// Starts one operation on the backend, after the outstanding calls it conflicts with. A call
 /// that is done on its first poll (an in-process backend without dependencies) is answered at
 /// once; any other runs as its own task so that the connection's commands proceed
-/// concurrently, and is recorded in `outstanding` until it completes.
+/// concurrently, and is recorded in `outstanding` until it completes. `replies` is the number
+/// of commands the operation answers (more than one for a [`KvOp::Pipeline`]).
 fn start(
     backend: &Arc<dyn Backend>,
     op: KvOp,
+    replies: usize,
     ordered: bool,
     outstanding: &mut Outstanding,
     permit: OwnedSemaphorePermit,
@@ -593,7 +731,7 @@ fn start(
             backend.invoke_read(op).await
         };
         done_tx.send_replace(true);
-        reply_bytes(result)
+        reply_bytes(result, replies)
     });
     // A future must register whatever waker it is polled with before returning Pending, so
     // polling once with a no-op waker and then handing it to the runtime loses no wake-up.
@@ -606,21 +744,33 @@ fn start(
     }
 }
 
-/// The RESP bytes for a backend's answer.
-fn reply_bytes(result: Result<Vec<u8>, BackendError>) -> Vec<u8> {
+/// The RESP bytes for a backend's answer to `replies` commands: one reply each. An error
+/// for a whole pipeline (the backend failed, the service refused it) is each command's error.
+fn reply_bytes(result: Result<Vec<u8>, BackendError>, replies: usize) -> Vec<u8> {
     let mut out = Vec::new();
-    match result {
+    let error = match result {
         Ok(bytes) => match KvReply::decode(&bytes) {
-            Ok(reply) => command::write_kv_reply(&mut out, &reply),
-            Err(e) => {
-                debug!(error = %e, "backend returned bytes that are not a KvReply");
-                resp::write_error(&mut out, "ERR the backend returned a malformed reply");
+            Ok(KvReply::Error(line)) => line,
+            Ok(KvReply::Pipeline(all)) if replies > 1 && all.len() == replies => {
+                command::write_kv_reply(&mut out, &KvReply::Pipeline(all));
+                return out;
+            }
+            Ok(reply) if replies == 1 && !matches!(reply, KvReply::Pipeline(_)) => {
+                command::write_kv_reply(&mut out, &reply);
+                return out;
+            }
+            Ok(_) | Err(_) => {
+                debug!("backend returned bytes that are not the expected KvReply");
+                "ERR the backend returned a malformed reply".to_string()
             }
         },
         Err(e) => {
             debug!(error = %e, "backend error");
-            resp::write_error(&mut out, &format!("ERR {e}"));
+            format!("ERR {e}")
         }
+    };
+    for _ in 0..replies {
+        resp::write_error(&mut out, &error);
     }
     out
 }
@@ -747,13 +897,32 @@ mod tests {
 
     #[test]
     fn reply_bytes_maps_results_and_errors() {
-        assert_eq!(reply_bytes(Ok(KvReply::Int(3).encode())), b":3\r\n");
+        assert_eq!(reply_bytes(Ok(KvReply::Int(3).encode()), 1), b":3\r\n");
         assert_eq!(
-            reply_bytes(Err(BackendError::new("cluster unreachable\r\nretry"))),
+            reply_bytes(Err(BackendError::new("cluster unreachable\r\nretry")), 1),
             b"-ERR cluster unreachable  retry\r\n"
         );
         assert_eq!(
-            reply_bytes(Ok(b"\xff\xff".to_vec())),
+            reply_bytes(Ok(b"\xff\xff".to_vec()), 1),
+            b"-ERR the backend returned a malformed reply\r\n"
+        );
+        // A pipeline: one reply per command, or the pipeline's error for each.
+        let pipeline = KvReply::Pipeline(vec![KvReply::Ok, KvReply::Int(2)]);
+        assert_eq!(reply_bytes(Ok(pipeline.encode()), 2), b"+OK\r\n:2\r\n");
+        assert_eq!(
+            reply_bytes(Ok(pipeline.encode()), 3),
+            b"-ERR the backend returned a malformed reply\r\n".repeat(3)
+        );
+        assert_eq!(
+            reply_bytes(Ok(KvReply::error("ERR busy").encode()), 2),
+            b"-ERR busy\r\n-ERR busy\r\n"
+        );
+        assert_eq!(
+            reply_bytes(Err(BackendError::new("timeout")), 2),
+            b"-ERR timeout\r\n-ERR timeout\r\n"
+        );
+        assert_eq!(
+            reply_bytes(Ok(pipeline.encode()), 1),
             b"-ERR the backend returned a malformed reply\r\n"
         );
     }

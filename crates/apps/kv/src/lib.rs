@@ -40,5 +40,5 @@ pub use command::{errors as gateway_errors, write_kv_reply, REDIS_VERSION};
 pub use gateway::{
     serve, serve_with_shutdown, Backend, BackendError, BackendFuture, GatewayOptions, LocalBackend,
 };
-pub use ops::{DecodeError, KvOp, KvReply, SetCondition};
+pub use ops::{DecodeError, KvOp, KvReply, SetCondition, PIPELINE_OPS_MAX};
 pub use service::{KvLimits, KvService};

@@ -116,7 +116,22 @@ pub enum KvOp {
     },
     /// `FLUSHALL`: [`KvReply::Ok`]; removes every key.
     FlushAll,
+    /// Several writes applied in order as one replicated operation: [`KvReply::Pipeline`]
+    /// with one reply per operation. The gateway coalesces a connection's pipelined writes
+    /// into one, so that they cost one request of the protocol instead of one each. Only
+    /// operations [`KvOp::pipelines`] accepts may be inside, at most
+    /// [`PIPELINE_OPS_MAX`]; anything else (or bytes that do not decode) fails the whole
+    /// pipeline before any is applied.
+    Pipeline {
+        /// The operations, each encoded ([`KvOp::encode`]), in command order. Kept encoded so
+        /// that the type is not recursive: decoding cannot nest without bound.
+        #[serde(with = "byte_strings")]
+        ops: Vec<Vec<u8>>,
+    },
 }
+
+/// Most operations in one [`KvOp::Pipeline`].
+pub const PIPELINE_OPS_MAX: usize = 256;
 
 impl KvOp {
     /// The canonical bytes of the operation (what the gateway hands to a [`crate::Backend`]).
@@ -130,6 +145,34 @@ impl KvOp {
     /// [`DecodeError`] for malformed bytes or bytes left over after the operation.
     pub fn decode(bytes: &[u8]) -> Result<KvOp, DecodeError> {
         decode(bytes)
+    }
+
+    /// The [`KvOp::Pipeline`] of `ops`.
+    pub fn pipeline(ops: &[KvOp]) -> KvOp {
+        KvOp::Pipeline {
+            ops: ops.iter().map(KvOp::encode).collect(),
+        }
+    }
+
+    /// Whether the operation may be part of a [`KvOp::Pipeline`]: a write whose reply is
+    /// small (`+OK`, nil, an integer or an error), so that a pipeline's reply is bounded.
+    pub fn pipelines(&self) -> bool {
+        match self {
+            KvOp::Set { get, .. } => !get,
+            KvOp::Del { .. }
+            | KvOp::IncrBy { .. }
+            | KvOp::DecrBy { .. }
+            | KvOp::Append { .. }
+            | KvOp::MSet { .. }
+            | KvOp::FlushAll => true,
+            KvOp::Get { .. }
+            | KvOp::Exists { .. }
+            | KvOp::Strlen { .. }
+            | KvOp::MGet { .. }
+            | KvOp::DbSize
+            | KvOp::Keys { .. }
+            | KvOp::Pipeline { .. } => false,
+        }
     }
 
     /// Whether the operation only reads (and may go through `invoke_read` / `Service::read`).
@@ -162,6 +205,8 @@ pub enum KvReply {
     /// An error reply. The string is the whole Redis error line without the leading `-`,
     /// starting with its code: `ERR value is not an integer or out of range`.
     Error(String),
+    /// The replies of a [`KvOp::Pipeline`], in order.
+    Pipeline(Vec<KvReply>),
 }
 
 impl KvReply {

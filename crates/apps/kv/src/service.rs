@@ -12,7 +12,7 @@ use shieldwall_node::{ClientId, RestoreError, Service};
 
 use crate::glob::Glob;
 use crate::ops::{decode, format_integer, parse_integer, varint_len};
-use crate::ops::{KvOp, KvReply, SetCondition};
+use crate::ops::{KvOp, KvReply, SetCondition, PIPELINE_OPS_MAX};
 
 /// The error lines the service returns, as Redis 7 words them where Redis has the error.
 pub mod errors {
@@ -36,6 +36,8 @@ pub mod errors {
     pub const MALFORMED_OP: &str = "ERR malformed operation";
     /// A write operation was sent as a read ([`shieldwall_node::Service::read`]).
     pub const NOT_READ_ONLY: &str = "ERR operation is not read-only";
+    /// A [`crate::KvOp::Pipeline`] holds an operation that may not be pipelined, or too many.
+    pub const BAD_PIPELINE: &str = "ERR invalid pipeline operation";
 }
 
 /// Bytes charged per key on top of its key and value lengths in
@@ -179,6 +181,21 @@ impl KvService {
                 self.map.clear();
                 self.state_bytes = 0;
                 KvReply::Ok
+            }
+            KvOp::Pipeline { ops } => {
+                if ops.len() > PIPELINE_OPS_MAX {
+                    return KvReply::error(errors::BAD_PIPELINE);
+                }
+                let decoded: Option<Vec<KvOp>> = ops
+                    .iter()
+                    .map(|bytes| KvOp::decode(bytes).ok().filter(KvOp::pipelines))
+                    .collect();
+                match decoded {
+                    Some(ops) => {
+                        KvReply::Pipeline(ops.into_iter().map(|op| self.apply(op)).collect())
+                    }
+                    None => KvReply::error(errors::BAD_PIPELINE),
+                }
             }
             read => self.query(&read),
         }

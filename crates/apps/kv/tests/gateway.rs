@@ -721,3 +721,103 @@ fn conflicting_commands_of_a_connection_keep_their_order() {
     raw.expect(b"+OK\r\n$1\r\n1\r\n$-1\r\n+OK\r\n$1\r\n1\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n+PONG\r\n");
     server.stop().unwrap();
 }
+
+fn set_op(key: &str, value: &str) -> KvOp {
+    KvOp::Set {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        condition: shieldwall_kv::SetCondition::Always,
+        get: false,
+    }
+}
+
+/// Pipelined writes read together go to the backend as one `KvOp::Pipeline` (one round of
+/// the protocol); a read after them waits for them and replies keep request order.
+#[test]
+fn pipelined_writes_are_coalesced_into_one_backend_call() {
+    let (backend, calls) = ManualBackend::new();
+    let server = Server::start(backend, GatewayOptions::default());
+    let mut raw = server.raw();
+    raw.send(b"SET a 1\r\nSET a 2\r\nINCR n\r\nGET a\r\nSET c 3\r\nSET a 4 GET\r\nPING\r\n");
+    let pipeline = next_call(&calls);
+    assert!(!pipeline.read);
+    assert_eq!(
+        pipeline.op,
+        KvOp::pipeline(&[
+            set_op("a", "1"),
+            set_op("a", "2"),
+            KvOp::IncrBy {
+                key: b"n".to_vec(),
+                delta: 1
+            },
+        ])
+    );
+    // GET a waits for the pipeline; SET c (a lone write: the next command does not
+    // pipeline) starts at once, and SET .. GET goes alone as it returns a value.
+    let set_c = next_call(&calls);
+    assert_eq!(set_c.op, set_op("c", "3"));
+    answer(
+        pipeline,
+        KvReply::Pipeline(vec![KvReply::Ok, KvReply::Ok, KvReply::Int(1)]),
+    );
+    let get_a = next_call(&calls);
+    assert_eq!(get_a.op, KvOp::Get { key: b"a".to_vec() });
+    answer(get_a, KvReply::Bulk(b"2".to_vec()));
+    answer(set_c, KvReply::Ok);
+    let set_get = next_call(&calls);
+    assert!(matches!(&set_get.op, KvOp::Set { get: true, .. }));
+    answer(set_get, KvReply::Bulk(b"2".to_vec()));
+    raw.expect(b"+OK\r\n+OK\r\n:1\r\n$1\r\n2\r\n+OK\r\n$1\r\n2\r\n+PONG\r\n");
+    // A failed pipeline fails each of its commands.
+    raw.send(b"SET x 1\r\nSET y 2\r\n");
+    let pipeline = next_call(&calls);
+    let _ = pipeline
+        .reply
+        .send(Err(BackendError::new("cluster unavailable")));
+    raw.expect(b"-ERR cluster unavailable\r\n-ERR cluster unavailable\r\n");
+    server.stop().unwrap();
+}
+
+/// At most `coalesce_max` writes per call; 1 turns coalescing off.
+#[test]
+fn coalescing_stops_at_its_limit() {
+    for coalesce_max in [1, 8] {
+        let (backend, calls) = ManualBackend::new();
+        let options = GatewayOptions {
+            coalesce_max,
+            ..GatewayOptions::default()
+        };
+        let server = Server::start(backend, options);
+        let mut raw = server.raw();
+        let mut pipeline = Vec::new();
+        for i in 0..20 {
+            pipeline.extend_from_slice(format!("SET k{i} {i}\r\n").as_bytes());
+        }
+        raw.send(&pipeline);
+        let mut seen = 0;
+        let mut expected = Vec::new();
+        while seen < 20 {
+            let call = next_call(&calls);
+            let ops = match call.op.clone() {
+                KvOp::Pipeline { ops } => ops.iter().map(|b| KvOp::decode(b).unwrap()).collect(),
+                op => vec![op],
+            };
+            assert!(ops.len() <= coalesce_max, "{} ops", ops.len());
+            if coalesce_max == 1 {
+                assert!(!matches!(call.op, KvOp::Pipeline { .. }));
+            }
+            for op in &ops {
+                assert_eq!(*op, set_op(&format!("k{seen}"), &seen.to_string()));
+                seen += 1;
+                expected.extend_from_slice(b"+OK\r\n");
+            }
+            let reply = match ops.len() {
+                1 => KvReply::Ok,
+                n => KvReply::Pipeline(vec![KvReply::Ok; n]),
+            };
+            answer(call, reply);
+        }
+        raw.expect(&expected);
+        server.stop().unwrap();
+    }
+}

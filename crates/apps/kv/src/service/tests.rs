@@ -269,6 +269,88 @@ fn flushall() {
     assert!(svc.is_empty());
 }
 
+fn set_op(key: &str, value: &str) -> KvOp {
+    KvOp::Set {
+        key: b(key),
+        value: b(value),
+        condition: SetCondition::Always,
+        get: false,
+    }
+}
+
+#[test]
+fn a_pipeline_applies_its_writes_in_order() {
+    let mut svc = KvService::new();
+    let pipeline = KvOp::pipeline(&[
+        set_op("a", "1"),
+        set_op("a", "2"),
+        KvOp::IncrBy {
+            key: b("a"),
+            delta: 5,
+        },
+        KvOp::IncrBy {
+            key: b("b"),
+            delta: 1,
+        },
+        KvOp::Append {
+            key: b("b"),
+            value: b("x"),
+        },
+    ]);
+    let reply = svc.execute(7, &pipeline.encode());
+    assert_eq!(
+        KvReply::decode(&reply),
+        Ok(KvReply::Pipeline(vec![
+            KvReply::Ok,
+            KvReply::Ok,
+            KvReply::Int(7),
+            KvReply::Int(1),
+            KvReply::Int(2),
+        ]))
+    );
+    assert_eq!(get(&svc, "a"), KvReply::Bulk(b("7")));
+    assert_eq!(get(&svc, "b"), KvReply::Bulk(b("1x")));
+    // As a read it is refused.
+    assert_eq!(
+        KvReply::decode(&svc.read(7, &pipeline.encode())),
+        Ok(err(errors::NOT_READ_ONLY))
+    );
+}
+
+#[test]
+fn a_pipeline_with_a_read_a_nested_pipeline_or_too_many_ops_applies_nothing() {
+    let mut svc = KvService::new();
+    let bad = [
+        vec![set_op("a", "1"), KvOp::Get { key: b("a") }],
+        vec![
+            set_op("a", "1"),
+            KvOp::Set {
+                key: b("a"),
+                value: b("2"),
+                condition: SetCondition::Always,
+                get: true,
+            },
+        ],
+        vec![KvOp::pipeline(&[set_op("a", "1")])],
+        (0..=PIPELINE_OPS_MAX).map(|_| set_op("a", "1")).collect(),
+    ];
+    for ops in bad {
+        assert_eq!(svc.apply(KvOp::pipeline(&ops)), err(errors::BAD_PIPELINE));
+        assert!(svc.is_empty(), "nothing applied");
+    }
+    // Bytes that are not an operation, after a valid one.
+    let garbage = KvOp::Pipeline {
+        ops: vec![set_op("a", "1").encode(), vec![0xff, 0xff]],
+    };
+    assert_eq!(svc.apply(garbage), err(errors::BAD_PIPELINE));
+    assert!(svc.is_empty(), "nothing applied");
+    let at_limit: Vec<KvOp> = (0..PIPELINE_OPS_MAX).map(|_| set_op("a", "1")).collect();
+    let KvReply::Pipeline(replies) = svc.apply(KvOp::pipeline(&at_limit)) else {
+        panic!("a pipeline at the limit applies")
+    };
+    assert_eq!(replies.len(), PIPELINE_OPS_MAX);
+}
+
 fn small_limits() -> KvLimits {
     KvLimits {
         key_bytes_max: 8,
