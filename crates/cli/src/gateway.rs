@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use shieldwall_kv::{serve_with_shutdown, GatewayOptions};
+use shieldwall_kv::{serve_with_shutdown, BatchingBackend, BatchingOptions, GatewayOptions};
 use shieldwall_node::{AuthMode, Client, ClientOptions, ClusterConfig};
 use tokio::net::TcpListener;
 
@@ -99,9 +99,11 @@ pub async fn serve(
     let client = Client::connect(cluster, options)
         .await
         .map_err(|e| e.to_string())?;
+    // Writes of all connections are batched into pipelines: one protocol request each.
+    let backend = BatchingBackend::new(Arc::new(client), BatchingOptions::default());
     serve_with_shutdown(
         listener,
-        Arc::new(client),
+        Arc::new(backend),
         GatewayOptions::default(),
         shutdown,
     )

@@ -27,6 +27,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod batching;
 mod cluster;
 mod command;
 pub mod gateway;
@@ -35,6 +36,7 @@ pub mod ops;
 pub mod resp;
 pub mod service;
 
+pub use batching::{BatchingBackend, BatchingOptions};
 pub use cluster::{parse_command, KvCommand};
 pub use command::{errors as gateway_errors, write_kv_reply, REDIS_VERSION};
 pub use gateway::{
