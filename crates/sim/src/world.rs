@@ -103,6 +103,23 @@ struct Node {
     views_entered: u64,
     /// Durable mode: what survives a crash.
     disk: SimDisk,
+    /// Restarted without its state (memory mode or a lost disk): until it has fetched the
+    /// state back, it counts against f (see `World::faulty`).
+    amnesiac: bool,
+}
+
+impl Node {
+    /// Whether the replica counts against f: Byzantine, down, recovering from amnesia
+    /// (ADR 002), or restarted without its state and still fetching it. A replica that lost
+    /// its state holds nothing for its peers until the transfer completes; crashing another
+    /// meanwhile could leave no correct replica holding the stable checkpoint's state (sim
+    /// finding 12).
+    fn counts_against_f(&self) -> bool {
+        !self.honest
+            || self.replica.as_ref().is_none_or(|r| {
+                r.status() == Status::Recovering || (self.amnesiac && r.transferring_state())
+            })
+    }
 }
 
 /// A replica's simulated disk (durable mode): records become durable when a simulated group
@@ -296,6 +313,7 @@ impl World {
                 auth,
                 views_entered: 0,
                 disk: SimDisk::default(),
+                amnesiac: false,
             });
         }
         let client_params = |ops| ClientParams {
@@ -760,7 +778,9 @@ impl World {
         let auth = node.auth.clone();
         let mut actions = Vec::new();
         let on_disk = node.disk.checkpoint.is_some() || !node.disk.log.is_empty();
-        let replica = if cfg.durability == Durability::Durable && on_disk {
+        let amnesiac = !(cfg.durability == Durability::Durable && on_disk);
+        node.amnesiac = amnesiac;
+        let replica = if !amnesiac {
             let records: Vec<Record> = node.disk.log.iter().map(|e| e.2.clone()).collect();
             Replica::recover(
                 cfg,
@@ -794,27 +814,17 @@ impl World {
         }
     }
 
-    /// Replicas that count against f: down, recovering from amnesia (ADR 002) or Byzantine.
+    /// Replicas that count against f ([`Node::counts_against_f`]).
     fn faulty(&self) -> usize {
-        self.nodes
-            .iter()
-            .filter(|n| {
-                !n.honest
-                    || n.replica
-                        .as_ref()
-                        .is_none_or(|r| r.status() == Status::Recovering)
-            })
-            .count()
+        self.nodes.iter().filter(|n| n.counts_against_f()).count()
     }
 
     /// Crash `r` if that keeps the faulty replicas within f; whether it crashed.
     fn crash_within_budget(&mut self, r: ReplicaId) -> bool {
-        let already = self.nodes.get(r as usize).is_none_or(|n| {
-            !n.honest
-                || n.replica
-                    .as_ref()
-                    .is_none_or(|r| r.status() == Status::Recovering)
-        });
+        let already = self
+            .nodes
+            .get(r as usize)
+            .is_none_or(Node::counts_against_f);
         if !already && self.faulty() < self.cfg.f as usize {
             self.crash(r);
             return true;

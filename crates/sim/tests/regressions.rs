@@ -194,3 +194,15 @@ fn finding11_pieces_are_asked_of_the_peers_that_hold_the_state() {
         );
     }
 }
+
+#[test]
+fn finding12_a_replica_fetching_its_lost_state_counts_against_f() {
+    check(
+        "finding 12",
+        Scenario::Chaos,
+        3,
+        FaultModel::Crash,
+        85,
+        |p| p.request_macs = true,
+    );
+}
