@@ -173,27 +173,19 @@ async fn send_batch(backend: &dyn Backend, mut batch: Vec<Waiting>) {
     let (ops, answers): (Vec<Vec<u8>>, Vec<Answer>) =
         batch.into_iter().map(|w| (w.op, w.answer)).unzip();
     let pipeline = KvOp::Pipeline { ops };
+    let n = answers.len();
     let results: Vec<Result<Vec<u8>, BackendError>> = match backend.invoke(pipeline.encode()).await
     {
-        Ok(bytes) => match KvReply::decode(&bytes) {
-            Ok(KvReply::Pipeline(replies)) if replies.len() == answers.len() => {
-                replies.iter().map(|r| Ok(r.encode())).collect()
-            }
-            // The whole pipeline failed (the service refused it): each write gets the error.
-            Ok(KvReply::Error(line)) => answers
-                .iter()
-                .map(|_| Ok(KvReply::Error(line.clone()).encode()))
-                .collect(),
-            _ => answers
-                .iter()
-                .map(|_| {
-                    Err(BackendError::new(
-                        "the backend returned a malformed pipeline reply",
-                    ))
-                })
-                .collect(),
+        Ok(bytes) => match KvReply::decode(&bytes).ok().and_then(|r| r.split(n)) {
+            Some(replies) => replies.iter().map(|r| Ok(r.encode())).collect(),
+            None => vec![
+                Err(BackendError::new(
+                    "the backend returned a malformed pipeline reply"
+                ));
+                n
+            ],
         },
-        Err(e) => answers.iter().map(|_| Err(e.clone())).collect(),
+        Err(e) => vec![Err(e); n],
     };
     for (answer, result) in answers.into_iter().zip(results) {
         let _ = answer.send(result);

@@ -397,23 +397,18 @@ impl Footprint {
             KvOp::MSet { pairs } => (true, Some(pairs.iter().map(|(k, _)| hash(k)).collect())),
             KvOp::DbSize | KvOp::Keys { .. } => (false, None),
             KvOp::FlushAll => (true, None),
-            KvOp::Pipeline { ops } => {
-                let mut all = Footprint {
-                    write: false,
-                    keys: Some(Vec::new()),
-                };
-                for bytes in ops {
-                    match KvOp::decode(bytes) {
-                        Ok(op) => all.add(&Footprint::of(&op)),
-                        // Not an operation: it conflicts with everything.
-                        Err(_) => all.add(&Footprint::of(&KvOp::FlushAll)),
-                    }
-                }
-                return all;
-            }
+            // The gateway builds its pipelines' footprints from their operations
+            // (`Coalesced`); another is taken to touch every key.
+            KvOp::Pipeline { .. } => (true, None),
         };
         Footprint { write, keys }
     }
+
+    /// What an empty group of commands touches.
+    const NOTHING: Footprint = Footprint {
+        write: false,
+        keys: Some(Vec::new()),
+    };
 
     /// Widen to also cover `other`.
     fn add(&mut self, other: &Footprint) {
@@ -605,11 +600,21 @@ async fn read_commands(
                 Action::Reply(bytes) => (Slot::Ready(bytes, permit), false),
                 Action::Close(bytes) => (Slot::Ready(bytes, permit), true),
                 Action::Ordered(op) => {
-                    let slot = start(&shared.backend, op, 1, true, &mut outstanding, permit);
+                    let slot = start(
+                        &shared.backend,
+                        Call::one(op, true),
+                        &mut outstanding,
+                        permit,
+                    );
                     (slot, false)
                 }
                 Action::Read(op) => {
-                    let slot = start(&shared.backend, op, 1, false, &mut outstanding, permit);
+                    let slot = start(
+                        &shared.backend,
+                        Call::one(op, false),
+                        &mut outstanding,
+                        permit,
+                    );
                     (slot, false)
                 }
             };
@@ -650,14 +655,28 @@ async fn read_commands(
 /// Pipelined writes of one connection waiting to go to the backend as one
 /// [`KvOp::Pipeline`]: consecutive commands that were read together, so coalescing them
 /// delays none of them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Coalesced {
     /// The first operation, and the encodings of all.
     first: Option<KvOp>,
     ops: Vec<Vec<u8>>,
     bytes: usize,
+    /// What the operations touch, together.
+    footprint: Footprint,
     /// One place in the connection's pipeline per command.
     permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Default for Coalesced {
+    fn default() -> Coalesced {
+        Coalesced {
+            first: None,
+            ops: Vec::new(),
+            bytes: 0,
+            footprint: Footprint::NOTHING,
+            permit: None,
+        }
+    }
 }
 
 impl Coalesced {
@@ -668,6 +687,7 @@ impl Coalesced {
     fn push(&mut self, op: KvOp, encoded: Vec<u8>, permit: OwnedSemaphorePermit) {
         self.bytes += encoded.len();
         self.ops.push(encoded);
+        self.footprint.add(&Footprint::of(&op));
         if self.first.is_none() {
             self.first = Some(op);
         }
@@ -688,34 +708,68 @@ impl Coalesced {
         let Some(permit) = self.permit.take() else {
             return true;
         };
-        let ops = std::mem::take(&mut self.ops);
-        let first = self.first.take();
-        self.bytes = 0;
+        let Coalesced {
+            first,
+            ops,
+            footprint,
+            ..
+        } = std::mem::take(self);
         let replies = ops.len();
         let op = match first {
             Some(op) if replies == 1 => op,
             _ => KvOp::Pipeline { ops },
         };
-        tx.send(start(backend, op, replies, true, outstanding, permit))
+        let call = Call {
+            op,
+            footprint,
+            replies,
+            ordered: true,
+        };
+        tx.send(start(backend, call, outstanding, permit))
             .await
             .is_ok()
     }
 }
 
-/// Starts one operation on the backend, after the outstanding calls it conflicts with. A call
+/// One backend call of a connection.
+struct Call {
+    op: KvOp,
+    /// What it touches (for a pipeline, what its operations touch).
+    footprint: Footprint,
+    /// Commands it answers (more than one for a [`KvOp::Pipeline`]).
+    replies: usize,
+    /// Through `invoke` (else `invoke_read`).
+    ordered: bool,
+}
+
+impl Call {
+    /// One command's call.
+    fn one(op: KvOp, ordered: bool) -> Call {
+        Call {
+            footprint: Footprint::of(&op),
+            op,
+            replies: 1,
+            ordered,
+        }
+    }
+}
+
+/// Starts one call on the backend, after the outstanding calls it conflicts with. A call
 /// that is done on its first poll (an in-process backend without dependencies) is answered at
 /// once; any other runs as its own task so that the connection's commands proceed
-/// concurrently, and is recorded in `outstanding` until it completes. `replies` is the number
-/// of commands the operation answers (more than one for a [`KvOp::Pipeline`]).
+/// concurrently, and is recorded in `outstanding` until it completes.
 fn start(
     backend: &Arc<dyn Backend>,
-    op: KvOp,
-    replies: usize,
-    ordered: bool,
+    call: Call,
     outstanding: &mut Outstanding,
     permit: OwnedSemaphorePermit,
 ) -> Slot {
-    let footprint = Footprint::of(&op);
+    let Call {
+        op,
+        footprint,
+        replies,
+        ordered,
+    } = call;
     let dependencies = outstanding.dependencies(&footprint);
     let (done_tx, done) = watch::channel(false);
     let backend = backend.clone();
@@ -749,17 +803,14 @@ fn start(
 fn reply_bytes(result: Result<Vec<u8>, BackendError>, replies: usize) -> Vec<u8> {
     let mut out = Vec::new();
     let error = match result {
-        Ok(bytes) => match KvReply::decode(&bytes) {
-            Ok(KvReply::Error(line)) => line,
-            Ok(KvReply::Pipeline(all)) if replies > 1 && all.len() == replies => {
-                command::write_kv_reply(&mut out, &KvReply::Pipeline(all));
+        Ok(bytes) => match KvReply::decode(&bytes).ok().and_then(|r| r.split(replies)) {
+            Some(all) => {
+                for reply in &all {
+                    command::write_kv_reply(&mut out, reply);
+                }
                 return out;
             }
-            Ok(reply) if replies == 1 && !matches!(reply, KvReply::Pipeline(_)) => {
-                command::write_kv_reply(&mut out, &reply);
-                return out;
-            }
-            Ok(_) | Err(_) => {
+            None => {
                 debug!("backend returned bytes that are not the expected KvReply");
                 "ERR the backend returned a malformed reply".to_string()
             }

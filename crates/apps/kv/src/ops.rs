@@ -159,19 +159,8 @@ impl KvOp {
     pub fn pipelines(&self) -> bool {
         match self {
             KvOp::Set { get, .. } => !get,
-            KvOp::Del { .. }
-            | KvOp::IncrBy { .. }
-            | KvOp::DecrBy { .. }
-            | KvOp::Append { .. }
-            | KvOp::MSet { .. }
-            | KvOp::FlushAll => true,
-            KvOp::Get { .. }
-            | KvOp::Exists { .. }
-            | KvOp::Strlen { .. }
-            | KvOp::MGet { .. }
-            | KvOp::DbSize
-            | KvOp::Keys { .. }
-            | KvOp::Pipeline { .. } => false,
+            KvOp::Pipeline { .. } => false,
+            op => !op.is_read(),
         }
     }
 
@@ -226,6 +215,19 @@ impl KvReply {
     /// An error reply with the given full error line (`"ERR syntax error"`).
     pub fn error(line: impl Into<String>) -> KvReply {
         KvReply::Error(line.into())
+    }
+
+    /// The replies of the `n` commands this reply answers: a [`KvReply::Pipeline`] of exactly
+    /// `n`, a lone reply when `n` is 1, or an error, which a whole pipeline's failure is each
+    /// command's. `None` if the reply does not fit `n`.
+    pub fn split(self, n: usize) -> Option<Vec<KvReply>> {
+        match self {
+            KvReply::Pipeline(replies) if n > 1 && replies.len() == n => Some(replies),
+            KvReply::Pipeline(_) => None,
+            KvReply::Error(line) => Some(vec![KvReply::Error(line); n]),
+            reply if n == 1 => Some(vec![reply]),
+            _ => None,
+        }
     }
 }
 
