@@ -117,14 +117,14 @@ fn messages() -> Vec<(&'static str, Message)> {
         )
     };
     let service = KvService::new().snapshot();
-    let clients = ClientTable::default().encode();
+    let clients = bytes::Bytes::from(ClientTable::default().encode());
     let snapshot = StateSnapshot {
         checkpoint: checkpoint_cert(
             64,
             StateSnapshot::state_digest(four_replicas(0).chunk(), &service, &clients),
         ),
-        service: service.into(),
-        clients: clients.into(),
+        service,
+        clients,
     };
     let pp65 = pre_prepare(0, 65, batch.clone());
     let mut out = vec![
@@ -348,7 +348,7 @@ fn kv_snapshot() -> Vec<u8> {
     for (key, value) in [("a", "1"), ("b", "hello"), ("n", "42")] {
         s.execute(1, &kv_set(key.as_bytes(), value.as_bytes()));
     }
-    s.snapshot()
+    s.snapshot().concat()
 }
 
 fn cluster_file(model_crash: bool, clients: u64) -> String {
@@ -504,7 +504,7 @@ fn main() {
         "snapshot_tiny",
         &prefixed(&[1], &kv_snapshot()),
     );
-    seeds.write("kv_restore", "empty", &[0, 1, 0]);
+    seeds.write("kv_restore", "empty", &[0, 2]);
 
     seeds.write(
         "cluster_file",

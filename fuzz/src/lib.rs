@@ -7,12 +7,11 @@
 #![forbid(unsafe_code)]
 
 use shieldwall_core::message::{
-    batch_digest, chunk_count, vote_signing_bytes, CheckpointCert, CommittedBatch, Phase,
-    PrePrepare, PreparedCert, Signable, Signed, SnapshotManifest, ViewChange, Vote,
+    batch_digest, vote_signing_bytes, CheckpointCert, CommittedBatch, Phase, PrePrepare,
+    PreparedCert, Signable, Signed, SnapshotManifest, ViewChange, Vote,
 };
 use shieldwall_core::{
-    Authenticator, Config, Digest, FaultModel, Message, Principal, ReplicaId, RequestAuth,
-    SimAuth,
+    Authenticator, Config, FaultModel, Message, Principal, ReplicaId, RequestAuth, SimAuth,
 };
 use shieldwall_kv::resp::ParserLimits;
 use shieldwall_kv::KvLimits;
@@ -212,9 +211,16 @@ fn repair_committed_batch(b: &mut CommittedBatch, how: Repair) {
 
 fn repair_manifest(config: &Config, s: &mut SnapshotManifest, how: Repair) {
     if how.digests {
-        let total = s.service_len.saturating_add(s.clients_len);
-        let count = chunk_count(config.chunk(), total).min(1 << 16) as usize;
-        s.chunks.resize(count, Digest::default());
+        // Pieces of 1 to `chunk` bytes, the first half the service's, the rest the clients'.
+        let chunk = config.chunk() as u32;
+        s.pieces.truncate(1 << 16);
+        for p in &mut s.pieces {
+            p.len = p.len.clamp(1, chunk);
+        }
+        let half = s.pieces.len() / 2;
+        let lens = |ps: &[shieldwall_core::PieceInfo]| ps.iter().map(|p| u64::from(p.len)).sum();
+        s.service_len = lens(&s.pieces[..half]);
+        s.clients_len = lens(&s.pieces[half..]);
         s.checkpoint.state_digest = s.digest();
     }
     repair_checkpoint_cert(&mut s.checkpoint, how);

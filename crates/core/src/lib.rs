@@ -30,8 +30,8 @@ pub use auth::{Authenticator, Ed25519Auth, SimAuth, VerifyItem};
 pub use config::{Config, ConfigError, Durability, FaultModel};
 pub use message::{
     Checkpoint, CheckpointCert, CommittedBatch, Fetch, FetchReply, Forward, Message, NewView,
-    PrePrepare, PreparedCert, Record, Reply, Request, RequestAuth, Signed, SignedRequest,
-    StateSnapshot, ViewChange, Vote, MAC_BYTES,
+    PieceInfo, PrePrepare, PreparedCert, Record, Reply, Request, RequestAuth, Signed,
+    SignedRequest, StateSnapshot, ViewChange, Vote, MAC_BYTES,
 };
 pub use replica::{compute_new_view, RecoverError, Replica, Stats, Status};
 pub use types::{ClientId, Digest, Principal, ReplicaId, Seq, View};
@@ -59,8 +59,10 @@ pub enum Event {
         seq: Seq,
         /// One result per request of the batch, in order.
         results: Vec<Vec<u8>>,
-        /// The service snapshot after the batch, present if and only if the action asked.
-        snapshot: Option<Vec<u8>>,
+        /// The service snapshot after the batch, present if and only if the action asked, in
+        /// the service's parts (see `shieldwall_node::Service::snapshot`): the engine hashes
+        /// only the parts it did not see at its previous checkpoint.
+        snapshot: Option<Vec<bytes::Bytes>>,
     },
     /// Time passed: fire any timer due at `now_ms`. Call it at [`Replica::next_deadline`].
     Tick,
@@ -134,7 +136,7 @@ pub enum Action {
     Restore {
         /// Sequence number the snapshot is at.
         seq: Seq,
-        /// Service snapshot bytes.
+        /// Service snapshot bytes (its parts concatenated).
         service: bytes::Bytes,
     },
 }

@@ -216,101 +216,143 @@ pub struct CommittedBatch {
 pub struct StateSnapshot {
     /// The stable checkpoint certificate the state matches.
     pub checkpoint: CheckpointCert,
-    /// The service's snapshot bytes (shared, not copied, between the engine and the runtime).
-    pub service: Bytes,
+    /// The service's snapshot in the parts the state digest covers (see [`state_pieces`]);
+    /// their concatenation is what the service restores. Shared, not copied, between the
+    /// engine and the runtime.
+    pub service: Vec<Bytes>,
     /// The encoded client table.
     pub clients: Bytes,
 }
 
 impl StateSnapshot {
-    /// The state digest a checkpoint certifies for this state: the digest of its manifest
-    /// (the lengths and the digest of every `chunk`-byte piece of `service ++ clients`).
-    pub fn state_digest(chunk: usize, service: &[u8], clients: &[u8]) -> Digest {
-        let chunks = chunk_digests(chunk, service, clients);
-        manifest_digest(service.len() as u64, clients.len() as u64, &chunks)
+    /// The state digest a checkpoint certifies for a service snapshot in `service` parts and
+    /// the encoded client table `clients`: the digest of its manifest (the lengths and the
+    /// digest of every piece, see [`state_pieces`]).
+    pub fn state_digest(chunk: usize, service: &[Bytes], clients: &Bytes) -> Digest {
+        let pieces = state_pieces(chunk, service, clients);
+        let infos: Vec<PieceInfo> = pieces.iter().map(|p| PieceInfo::of(p)).collect();
+        let service_len = service.iter().map(|p| p.len() as u64).sum();
+        manifest_digest(service_len, clients.len() as u64, &infos)
     }
 
     /// The manifest a replica serving this state offers.
     pub fn manifest(&self, chunk: usize) -> SnapshotManifest {
+        let pieces = state_pieces(chunk, &self.service, &self.clients);
         SnapshotManifest {
             checkpoint: self.checkpoint.clone(),
-            service_len: self.service.len() as u64,
+            service_len: self.service.iter().map(|p| p.len() as u64).sum(),
             clients_len: self.clients.len() as u64,
-            chunks: chunk_digests(chunk, &self.service, &self.clients),
+            pieces: pieces.iter().map(|p| PieceInfo::of(p)).collect(),
         }
+    }
+
+    /// The service snapshot in one buffer (copied only if it is in several parts).
+    pub fn service_bytes(&self) -> Bytes {
+        concat_bytes(&self.service)
     }
 
     /// The pieces whose concatenation is [`encode`]`(self)`, the state bytes borrowed rather
     /// than copied (a large state is written to disk without a second copy in memory).
-    pub fn encoded_parts(&self) -> [Cow<'_, [u8]>; 4] {
+    pub fn encoded_parts(&self) -> Vec<Cow<'_, [u8]>> {
+        let mut parts = Vec::with_capacity(2 * self.service.len() + 3);
         let mut head = encode(&self.checkpoint);
         head.extend_from_slice(&encode(&(self.service.len() as u64)));
-        [
-            Cow::Owned(head),
-            Cow::Borrowed(&self.service[..]),
-            Cow::Owned(encode(&(self.clients.len() as u64))),
-            Cow::Borrowed(&self.clients[..]),
-        ]
+        parts.push(Cow::Owned(head));
+        for part in &self.service {
+            parts.push(Cow::Owned(encode(&(part.len() as u64))));
+            parts.push(Cow::Borrowed(&part[..]));
+        }
+        parts.push(Cow::Owned(encode(&(self.clients.len() as u64))));
+        parts.push(Cow::Borrowed(&self.clients[..]));
+        parts
     }
 }
 
-/// Piece `index` of `service ++ clients` cut in `chunk`-byte pieces (empty past the end).
-pub fn state_chunk(chunk: usize, service: &[u8], clients: &[u8], index: u32) -> Vec<u8> {
-    let (a, b) = chunk_parts(chunk, service, clients, index);
-    [a, b].concat()
+/// `parts` in one buffer: the part itself if there is only one, else a copy.
+pub fn concat_bytes(parts: &[Bytes]) -> Bytes {
+    match parts {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        many => many.concat().into(),
+    }
 }
 
-/// Piece `index` as the (possibly empty) part of it in `service` and the part in `clients`.
-fn chunk_parts<'a>(
+/// The pieces a state is digested and transferred in: each of the service's snapshot parts,
+/// then the encoded client table, cut into slices of at most `chunk` bytes (empty parts give
+/// no piece). Slicing shares the buffers, so a part the service hands back unchanged at the
+/// next checkpoint gives the same pieces, and the engine reuses their digests instead of
+/// hashing the whole state again (ADR 012).
+pub fn state_pieces(chunk: usize, service: &[Bytes], clients: &Bytes) -> Vec<Bytes> {
+    let chunk = chunk.max(1);
+    let mut pieces = Vec::with_capacity(service.len() + 1);
+    for part in service.iter().chain(std::iter::once(clients)) {
+        let mut start = 0;
+        while start < part.len() {
+            let end = part.len().min(start + chunk);
+            pieces.push(part.slice(start..end));
+            start = end;
+        }
+    }
+    pieces
+}
+
+/// The transfer units of a state: runs of consecutive pieces of at most `chunk` bytes in all
+/// (greedy from the first; every piece fits, since none is longer than `chunk`). A state
+/// transfer asks for one run at a time, so a state of many small pieces still travels in
+/// messages of up to `chunk` bytes.
+pub fn piece_groups(
     chunk: usize,
-    service: &'a [u8],
-    clients: &'a [u8],
-    index: u32,
-) -> (&'a [u8], &'a [u8]) {
-    let total = service.len() + clients.len();
-    let start = (index as usize).saturating_mul(chunk).min(total);
-    let end = start.saturating_add(chunk).min(total);
-    let split = service.len();
-    (
-        &service[start.min(split)..end.min(split)],
-        &clients[start.max(split) - split..end.max(split) - split],
-    )
+    lens: impl IntoIterator<Item = usize>,
+) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0usize);
+    let mut count = 0;
+    for (i, len) in lens.into_iter().enumerate() {
+        if i > start && bytes + len > chunk {
+            groups.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += len;
+        count = i + 1;
+    }
+    if count > start {
+        groups.push(start..count);
+    }
+    groups
 }
 
-/// Number of `chunk`-byte pieces of a `total`-byte state.
-pub fn chunk_count(chunk: usize, total: u64) -> u64 {
-    total.div_ceil(chunk.max(1) as u64)
+fn piece_digest(bytes: &[u8]) -> Digest {
+    Digest::of("shieldwall state piece v3", bytes)
 }
 
-fn chunk_digest(bytes: &[u8]) -> Digest {
-    Digest::of("shieldwall state chunk v2", bytes)
+/// One piece of a state as its manifest lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PieceInfo {
+    /// Its length in bytes (1 to the chunk size).
+    pub len: u32,
+    /// Its digest.
+    pub digest: Digest,
 }
 
-/// Every piece's digest, hashed in place (a checkpoint digests the whole state: no copy). The
-/// state digest a checkpoint certifies is the digest of the manifest built from them (the
-/// lengths and every piece's digest), so each piece of a transferred state can be checked on
-/// its own.
-pub(crate) fn chunk_digests(chunk: usize, service: &[u8], clients: &[u8]) -> Vec<Digest> {
-    let count = chunk_count(chunk, (service.len() + clients.len()) as u64);
-    (0..count)
-        .map(|i| {
-            let (a, b) = chunk_parts(chunk, service, clients, i as u32);
-            if b.is_empty() {
-                chunk_digest(a)
-            } else if a.is_empty() {
-                chunk_digest(b)
-            } else {
-                // The one piece that straddles the two: the only copy.
-                chunk_digest(&[a, b].concat())
-            }
-        })
-        .collect()
+impl PieceInfo {
+    /// The entry for `bytes`.
+    pub fn of(bytes: &[u8]) -> PieceInfo {
+        PieceInfo {
+            len: bytes.len() as u32,
+            digest: piece_digest(bytes),
+        }
+    }
 }
 
-pub(crate) fn manifest_digest(service_len: u64, clients_len: u64, chunks: &[Digest]) -> Digest {
-    let flat: Vec<u8> = chunks.iter().flat_map(|d| d.0).collect();
+pub(crate) fn manifest_digest(service_len: u64, clients_len: u64, pieces: &[PieceInfo]) -> Digest {
+    let mut flat = Vec::with_capacity(pieces.len() * 36);
+    for p in pieces {
+        flat.extend_from_slice(&p.len.to_le_bytes());
+        flat.extend_from_slice(&p.digest.0);
+    }
     Digest::of_parts(
-        "shieldwall state v2",
+        "shieldwall state v3",
         &[
             &service_len.to_le_bytes(),
             &clients_len.to_le_bytes(),
@@ -320,64 +362,89 @@ pub(crate) fn manifest_digest(service_len: u64, clients_len: u64, chunks: &[Dige
 }
 
 /// What a state-transfer reply offers instead of a whole snapshot: the checkpoint, the lengths
-/// and the digest of every piece. Its digest is the certified state digest, so a replica checks
-/// the manifest against the certificate, then each piece against the manifest, and can fetch
-/// the pieces from several peers.
+/// and every piece's length and digest. Its digest is the certified state digest, so a replica
+/// checks the manifest against the certificate, then each piece against the manifest, and can
+/// fetch the pieces (in runs, see [`piece_groups`]) from several peers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotManifest {
     /// The stable checkpoint certificate the state matches.
     pub checkpoint: CheckpointCert,
-    /// Bytes of the service snapshot (first in the piece stream).
+    /// Bytes of the service snapshot (its pieces come first).
     pub service_len: u64,
-    /// Bytes of the encoded client table (after the service snapshot).
+    /// Bytes of the encoded client table (its pieces come after the service's).
     pub clients_len: u64,
-    /// Digest of every piece, in order.
-    pub chunks: Vec<Digest>,
+    /// Every piece, in order.
+    pub pieces: Vec<PieceInfo>,
 }
 
 impl SnapshotManifest {
     /// The state digest this manifest stands for.
     pub fn digest(&self) -> Digest {
-        manifest_digest(self.service_len, self.clients_len, &self.chunks)
+        manifest_digest(self.service_len, self.clients_len, &self.pieces)
     }
 
-    /// Whether the manifest is well formed for `chunk`-byte pieces and matches its certificate.
+    /// Whether the manifest is well formed for `chunk`-byte pieces (each piece 1 to `chunk`
+    /// bytes, the service's pieces ending exactly at `service_len`, the lengths adding up) and
+    /// matches its certificate.
     pub fn is_valid(&self, chunk: usize) -> bool {
         let Some(total) = self.service_len.checked_add(self.clients_len) else {
             return false;
         };
-        chunk_count(chunk, total) == self.chunks.len() as u64
-            && self.digest() == self.checkpoint.state_digest
+        let mut sum = 0u64;
+        let mut service_boundary = self.service_len == 0;
+        for p in &self.pieces {
+            if p.len == 0 || p.len as usize > chunk {
+                return false;
+            }
+            sum += u64::from(p.len);
+            service_boundary |= sum == self.service_len;
+        }
+        sum == total && service_boundary && self.digest() == self.checkpoint.state_digest
     }
 
-    /// Whether `bytes` is piece `index` of this state.
-    pub fn piece_matches(&self, chunk: usize, index: u32, bytes: &[u8]) -> bool {
-        let total = self.service_len + self.clients_len;
-        let start = u64::from(index) * chunk as u64;
-        let expected = total.saturating_sub(start).min(chunk as u64);
-        self.chunks
-            .get(index as usize)
-            .is_some_and(|d| bytes.len() as u64 == expected && chunk_digest(bytes) == *d)
+    /// The transfer units (see [`piece_groups`]).
+    pub fn groups(&self, chunk: usize) -> Vec<std::ops::Range<usize>> {
+        piece_groups(chunk, self.pieces.iter().map(|p| p.len as usize))
+    }
+
+    /// Whether `bytes` is the run of pieces `group` of this state.
+    pub fn group_matches(&self, group: std::ops::Range<usize>, bytes: &[u8]) -> bool {
+        let Some(pieces) = self.pieces.get(group) else {
+            return false;
+        };
+        let mut rest = bytes;
+        for p in pieces {
+            let Some((piece, tail)) = rest.split_at_checked(p.len as usize) else {
+                return false;
+            };
+            if piece_digest(piece) != p.digest {
+                return false;
+            }
+            rest = tail;
+        }
+        rest.is_empty()
     }
 }
 
-/// State-transfer request for one piece of the state at stable checkpoint `seq`.
+/// State-transfer request for one run of pieces (see [`piece_groups`]) of the state at stable
+/// checkpoint `seq`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchChunk {
     /// The checkpoint.
     pub seq: Seq,
-    /// The piece.
+    /// The run's index.
     pub index: u32,
 }
 
-/// One piece of the state at stable checkpoint `seq` (checked against the manifest).
+/// One run of pieces of the state at stable checkpoint `seq` (each checked against the
+/// manifest).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
     /// The checkpoint.
     pub seq: Seq,
-    /// The piece.
+    /// The run's index.
     pub index: u32,
-    /// Its bytes.
+    /// Its pieces, concatenated.
     #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
@@ -747,7 +814,7 @@ mod tests {
                     state_digest: Digest([7; 32]),
                     proof: Vec::new(),
                 },
-                service: vec![1; service_len].into(),
+                service: vec![vec![1; service_len].into(), Bytes::new(), vec![3; service_len / 3].into()],
                 clients: vec![2; clients_len].into(),
             };
             let parts: Vec<u8> = snap.encoded_parts().concat();

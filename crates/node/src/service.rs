@@ -33,14 +33,26 @@ pub trait Service: Send + 'static {
     /// operation that is not a read should return an error result.
     fn read(&self, client: ClientId, op: &[u8]) -> Vec<u8>;
 
-    /// The whole state as bytes. Must be canonical: two services in the same state return the
-    /// same bytes (checkpoints compare digests of snapshots across replicas).
-    fn snapshot(&self) -> Vec<u8>;
+    /// The whole state as bytes, in parts whose concatenation [`Service::restore`] takes.
+    /// Called at every checkpoint (each `checkpoint_interval` batches).
+    ///
+    /// Must be canonical, parts included: two services in the same state return the same
+    /// parts with the same bytes, however they reached that state (checkpoints compare
+    /// digests of the parts across replicas, and a replica restored from a snapshot must
+    /// produce the parts of the replicas that executed their way there).
+    ///
+    /// The runtime hashes only parts it has not seen: a part returned again as the very same
+    /// buffer (a clone of a [`bytes::Bytes`] kept from an earlier call) costs nothing. A
+    /// service with a large state should therefore cut it into parts that writes leave
+    /// untouched (ranges of keys, say), keep each part's encoding, and re-encode only the
+    /// parts written since. One part holding everything is correct, just slower to checkpoint
+    /// as the state grows.
+    fn snapshot(&mut self) -> Vec<bytes::Bytes>;
 
-    /// Replace the whole state with one produced by [`Service::snapshot`] (state transfer).
-    /// The bytes were certified by a quorum of replicas, so an error means a bug or a version
-    /// mismatch; the runtime stops the replica with the error rather than run on a state it
-    /// does not have.
+    /// Replace the whole state with one produced by [`Service::snapshot`] (state transfer),
+    /// given as its parts concatenated. The bytes were certified by a quorum of replicas, so
+    /// an error means a bug or a version mismatch; the runtime stops the replica with the
+    /// error rather than run on a state it does not have.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError>;
 }
 

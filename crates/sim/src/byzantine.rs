@@ -241,8 +241,8 @@ impl Byzantine {
                     Message::FetchReply(r) => {
                         if let Some(snap) = r.body.snapshot.as_mut() {
                             // A manifest that does not match its certificate.
-                            if let Some(d) = snap.chunks.first_mut() {
-                                *d = self.random_digest();
+                            if let Some(p) = snap.pieces.first_mut() {
+                                p.digest = self.random_digest();
                             } else {
                                 snap.service_len += 1;
                             }

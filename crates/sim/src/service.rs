@@ -107,14 +107,30 @@ impl KvService {
         self.map.get(key)
     }
 
-    /// Canonical snapshot (a `BTreeMap` encodes in key order).
-    pub fn snapshot(&self) -> Vec<u8> {
-        encode(&self.map)
+    /// Canonical snapshot in parts, one per entry in key order (so state transfers in the
+    /// simulator carry states of many pieces).
+    pub fn snapshot_parts(&self) -> Vec<bytes::Bytes> {
+        self.map.iter().map(|e| encode(&e).into()).collect()
     }
 
-    /// Rebuild from [`KvService::snapshot`] bytes.
+    /// The snapshot's parts concatenated (what [`KvService::restore`] takes).
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.snapshot_parts().concat()
+    }
+
+    /// Rebuild from [`KvService::snapshot`] bytes: entries in strictly ascending key order.
     pub fn restore(bytes: &[u8]) -> Result<KvService, DecodeError> {
-        let map: BTreeMap<Vec<u8>, Vec<u8>> = decode(bytes)?;
+        let mut map = BTreeMap::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let ((key, value), tail): ((Vec<u8>, Vec<u8>), &[u8]) = postcard::take_from_bytes(rest)
+                .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            if map.last_key_value().is_some_and(|(last, _)| *last >= key) {
+                return Err(DecodeError::Malformed("keys out of order".into()));
+            }
+            map.insert(key, value);
+            rest = tail;
+        }
         Ok(KvService { map })
     }
 }

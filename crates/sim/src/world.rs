@@ -642,16 +642,19 @@ impl World {
                 node.service.execute(&req.op)
             })
             .collect();
-        let snap = node.service.snapshot();
+        let parts = node.service.snapshot_parts();
         let honest = node.honest;
         if honest {
-            self.checker
-                .state(process, seq, Digest::of("shieldwall sim state", &snap));
+            self.checker.state(
+                process,
+                seq,
+                Digest::of("shieldwall sim state", &parts.concat()),
+            );
         }
         let event = Event::Executed {
             seq,
             results,
-            snapshot: snapshot.then_some(snap),
+            snapshot: snapshot.then_some(parts),
         };
         let mut more = Vec::new();
         if let Some(replica) = self.nodes[r as usize].replica.as_mut() {

@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use bytes::Bytes;
 use shieldwall_node::{ClientId, RestoreError, Service};
 
 use crate::glob::Glob;
-use crate::ops::{decode, format_integer, parse_integer, varint_len};
+use crate::ops::{format_integer, parse_integer, varint_len};
 use crate::ops::{KvOp, KvReply, SetCondition, PIPELINE_OPS_MAX};
 
 /// The error lines the service returns, as Redis 7 words them where Redis has the error.
@@ -45,8 +45,9 @@ pub mod errors {
 /// that millions of empty keys cannot hide from the limit.
 pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
 
-/// The snapshot format version (first field of every snapshot).
-const SNAPSHOT_VERSION: u32 = 1;
+/// The snapshot format version (first field of every snapshot). Version 2 cuts the entries in
+/// parts (see `parts`); version 1 held them in one sequence.
+const SNAPSHOT_VERSION: u32 = 2;
 
 /// Bounds on what the service accepts and returns. Every replica must run with the same
 /// limits: they decide which operations fail, so they are part of the replicated behaviour.
@@ -86,13 +87,26 @@ impl Default for KvLimits {
 
 /// The key-value service: a [`Service`] whose operations are [`KvOp`]s and results
 /// [`KvReply`]s, both postcard-encoded.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct KvService {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Derived from `map` (see [`KvLimits::state_bytes_max`]); not part of the snapshot.
     state_bytes: u64,
     limits: KvLimits,
+    /// The snapshot's parts no write touched since the last snapshot (a cache, not state).
+    parts: PartCache,
 }
+
+/// Two services are equal when their state and limits are (whatever their part caches hold).
+impl PartialEq for KvService {
+    fn eq(&self, other: &KvService) -> bool {
+        self.map == other.map
+            && self.state_bytes == other.state_bytes
+            && self.limits == other.limits
+    }
+}
+
+impl Eq for KvService {}
 
 fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
     key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES
@@ -164,6 +178,7 @@ impl KvService {
                 let mut removed = 0;
                 for key in &keys {
                     if let Some(value) = self.map.remove(key) {
+                        self.parts.touch(key);
                         self.state_bytes -= entry_bytes(key, &value);
                         removed += 1;
                     }
@@ -179,6 +194,7 @@ impl KvService {
             KvOp::MSet { pairs } => self.mset(pairs),
             KvOp::FlushAll => {
                 self.map.clear();
+                self.parts.clear();
                 self.state_bytes = 0;
                 KvReply::Ok
             }
@@ -298,6 +314,7 @@ impl KvService {
     /// Stores `value` under `key` after the limits were checked.
     fn store(&mut self, key: Vec<u8>, value: Vec<u8>, state_bytes: u64) {
         self.state_bytes = state_bytes;
+        self.parts.touch(&key);
         self.map.insert(key, value);
     }
 
@@ -379,6 +396,7 @@ impl KvService {
             Err(e) => return e,
         };
         self.state_bytes = after;
+        self.parts.touch(&key);
         match self.map.get_mut(&key) {
             Some(existing) => existing.extend_from_slice(&value),
             None => {
@@ -412,6 +430,7 @@ impl KvService {
             Err(e) => return e,
         };
         for (key, value) in pairs {
+            self.parts.touch(&key);
             self.map.insert(key, value);
         }
         self.state_bytes = after;
@@ -427,28 +446,7 @@ impl KvService {
     }
 }
 
-/// The snapshot layout: a version, then the (key, value) pairs in ascending key order.
-#[derive(Serialize)]
-struct SnapshotRef<'a> {
-    version: u32,
-    #[serde(serialize_with = "serialize_entries")]
-    entries: &'a BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
-/// Entries as a sequence of pairs (not a map), so that decoding into a vector of pairs reads
-/// them back in their stored order and the order can be checked.
-fn serialize_entries<S: serde::Serializer>(
-    entries: &&BTreeMap<Vec<u8>, Vec<u8>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(
-        entries
-            .iter()
-            .map(|(k, v)| (serde_bytes::Bytes::new(k), serde_bytes::Bytes::new(v))),
-    )
-}
-
-type SnapshotOwned = (u32, Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>);
+type Entries = Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>;
 
 impl Service for KvService {
     /// Decodes `op` (size-checked first) and applies it. Undecodable or oversized bytes get an
@@ -470,34 +468,48 @@ impl Service for KvService {
         }
     }
 
-    /// Postcard encoding of `(version: u32, entries: [(key, value)])` with entries in
-    /// ascending key order; equal maps give equal bytes.
-    fn snapshot(&self) -> Vec<u8> {
-        // `state_bytes` charges every entry more than its two length prefixes, so it bounds
-        // the encoding and the buffer is never reallocated (a profile showed the copies of a
-        // growing buffer as 10% of a replica's time with a 15 MB state).
-        let capacity = usize::try_from(self.state_bytes).unwrap_or(0) + 32;
-        postcard::to_extend(
-            &SnapshotRef {
-                version: SNAPSHOT_VERSION,
-                entries: &self.map,
-            },
-            Vec::with_capacity(capacity),
-        )
-        .unwrap_or_default()
+    /// The postcard encoding of `version: u32` as the first part, then each part of the
+    /// entries in ascending key order as a sequence of (key, value) byte strings, cut by a rule
+    /// that depends only on the entries (`parts`): equal maps give equal parts. Parts no
+    /// write touched since the previous call are the buffers returned then.
+    fn snapshot(&mut self) -> Vec<Bytes> {
+        let (parts, _) = self.parts.parts(&self.map);
+        let mut all = Vec::with_capacity(parts.len() + 1);
+        // Postcard's varint of a version below 128 is that one byte; a static buffer is the
+        // same buffer at every call.
+        static HEADER: [u8; 1] = [SNAPSHOT_VERSION as u8];
+        const _: () = assert!(SNAPSHOT_VERSION < 128);
+        all.push(Bytes::from_static(&HEADER));
+        all.extend(parts);
+        all
     }
 
     /// Replaces the state with a snapshot. Rejects (leaving the state unchanged) bytes that
-    /// are not exactly one snapshot, an unknown version, keys out of strictly ascending order
-    /// (a non-canonical snapshot), and entries or a total beyond this service's [`KvLimits`]
-    /// (a replica configured with other limits would diverge).
+    /// are not exactly one snapshot, an unknown version, a part not cut where the rule cuts it
+    /// or keys out of strictly ascending order (a non-canonical snapshot), and entries or a
+    /// total beyond this service's [`KvLimits`] (a replica configured with other limits would
+    /// diverge).
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
-        let (version, entries): SnapshotOwned =
-            decode(snapshot).map_err(|e| RestoreError(e.to_string()))?;
+        let malformed = |e: postcard::Error| RestoreError(format!("malformed snapshot: {e}"));
+        let (version, mut rest): (u32, &[u8]) =
+            postcard::take_from_bytes(snapshot).map_err(malformed)?;
         if version != SNAPSHOT_VERSION {
             return Err(RestoreError(format!(
                 "unknown snapshot version {version} (expected {SNAPSHOT_VERSION})"
             )));
+        }
+        let mut entries = Entries::new();
+        while !rest.is_empty() {
+            let (part, tail): (Entries, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(malformed)?;
+            if !parts::is_canonical_part(&part, tail.is_empty()) {
+                return Err(RestoreError(format!(
+                    "the part starting at entry {} is not cut where snapshots cut",
+                    entries.len()
+                )));
+            }
+            entries.extend(part);
+            rest = tail;
         }
         let mut state_bytes: u64 = 0;
         for (i, (key, value)) in entries.iter().enumerate() {
@@ -525,9 +537,14 @@ impl Service for KvService {
             .map(|(k, v)| (k.into_vec(), v.into_vec()))
             .collect();
         self.state_bytes = state_bytes;
+        self.parts.clear();
         Ok(())
     }
 }
+
+mod parts;
+
+use parts::PartCache;
 
 #[cfg(test)]
 mod tests;

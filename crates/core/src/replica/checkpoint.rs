@@ -12,9 +12,12 @@ use crate::verify::Reject;
 
 impl Replica {
     /// After executing checkpoint `seq`: record the state and vote for its digest.
-    pub(crate) fn take_checkpoint(&mut self, seq: Seq, service: Vec<u8>) {
+    pub(crate) fn take_checkpoint(&mut self, seq: Seq, service: Vec<bytes::Bytes>) {
         let clients = self.clients.encode();
-        let state = HeldState::new(self.cfg.chunk(), service.into(), clients.into());
+        // The newest state this replica holds (unstable checkpoints are above the stable one).
+        let previous = (self.own_checkpoints.values().next_back()).or(self.stable_state.as_ref());
+        let (state, hashed) = HeldState::new(self.cfg.chunk(), &service, clients.into(), previous);
+        self.stats.state_bytes_hashed += hashed;
         let digest = state.digest;
         if seq == self.stable.seq && digest == self.stable.state_digest {
             // The checkpoint became stable before we executed it: now we can serve its state.

@@ -19,8 +19,8 @@ use crate::auth::Authenticator;
 use crate::client_table::ClientTable;
 use crate::config::{Config, ConfigError, FaultModel};
 use crate::message::{
-    Checkpoint, CheckpointCert, Message, NewView, PrePrepare, PreparedCert, Signed, SignedRequest,
-    SnapshotManifest, ViewChange, Vote,
+    Checkpoint, CheckpointCert, Message, NewView, PieceInfo, PrePrepare, PreparedCert, Signed,
+    SignedRequest, SnapshotManifest, ViewChange, Vote,
 };
 use crate::types::{ClientId, Digest, ReplicaId, Seq, View};
 use crate::verify::Reject;
@@ -55,6 +55,9 @@ pub struct Stats {
     pub batches_fetched: u64,
     /// Stable checkpoints reached.
     pub stable_checkpoints: u64,
+    /// Bytes of state hashed for checkpoints (pieces the service handed back unchanged since
+    /// the previous checkpoint are not hashed again).
+    pub state_bytes_hashed: u64,
     /// Rejected inputs by reason label.
     pub rejected: BTreeMap<&'static str, u64>,
 }
@@ -117,43 +120,121 @@ impl Recovery {
     }
 }
 
-/// A replica's state at a checkpoint: the service snapshot, the encoded client table and the
-/// digest of every transfer piece (hashed once, when the checkpoint is taken). Cloning shares
-/// the bytes: the checkpoint records, the state served to peers and the snapshot saved to disk
-/// are one copy.
+/// A replica's state at a checkpoint: its pieces (the service snapshot's, then the encoded
+/// client table's, see [`crate::message::state_pieces`]), each piece's length and digest, and
+/// the runs of pieces a transfer asks for. Cloning shares the bytes: the checkpoint records,
+/// the state served to peers and the snapshot saved to disk are one copy, and pieces a
+/// service hands back unchanged are shared with the previous checkpoint too.
 #[derive(Clone, Debug)]
 pub(crate) struct HeldState {
     pub(crate) digest: Digest,
-    pub(crate) service: bytes::Bytes,
-    pub(crate) clients: bytes::Bytes,
-    pub(crate) chunks: Arc<[Digest]>,
+    service_len: u64,
+    /// How many of `pieces` are the service's.
+    service_pieces: usize,
+    pieces: Arc<[bytes::Bytes]>,
+    infos: Arc<[PieceInfo]>,
+    groups: Arc<[std::ops::Range<usize>]>,
 }
 
 impl HeldState {
-    pub(crate) fn new(chunk: usize, service: bytes::Bytes, clients: bytes::Bytes) -> HeldState {
-        let chunks = crate::message::chunk_digests(chunk, &service, &clients);
-        let digest =
-            crate::message::manifest_digest(service.len() as u64, clients.len() as u64, &chunks);
+    /// The state of a service snapshot in `service` parts and an encoded client table. Pieces
+    /// that are the very buffers of a piece of `previous` (the service returned a part it had
+    /// not changed) keep that piece's digest: only new bytes are hashed. Returns the state and
+    /// the number of bytes hashed.
+    pub(crate) fn new(
+        chunk: usize,
+        service: &[bytes::Bytes],
+        clients: bytes::Bytes,
+        previous: Option<&HeldState>,
+    ) -> (HeldState, u64) {
+        let pieces = crate::message::state_pieces(chunk, service, &clients);
+        let known: std::collections::HashMap<(usize, usize), PieceInfo> = previous
+            .map(|p| {
+                p.pieces
+                    .iter()
+                    .zip(p.infos.iter())
+                    .map(|(b, info)| ((b.as_ptr() as usize, b.len()), *info))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut hashed = 0;
+        let infos: Vec<PieceInfo> = pieces
+            .iter()
+            .map(|b| {
+                // Sound: `previous` keeps its buffers alive and they never change, so a live
+                // buffer at the same address and length holds the same bytes.
+                known
+                    .get(&(b.as_ptr() as usize, b.len()))
+                    .copied()
+                    .unwrap_or_else(|| {
+                        hashed += b.len() as u64;
+                        PieceInfo::of(b)
+                    })
+            })
+            .collect();
+        let service_len: u64 = service.iter().map(|p| p.len() as u64).sum();
+        let state = HeldState::from_pieces(chunk, service_len, clients.len() as u64, pieces, infos);
+        (state, hashed)
+    }
+
+    /// A state from pieces already checked against `infos` (a state transfer's).
+    pub(crate) fn from_pieces(
+        chunk: usize,
+        service_len: u64,
+        clients_len: u64,
+        pieces: Vec<bytes::Bytes>,
+        infos: Vec<PieceInfo>,
+    ) -> HeldState {
+        let mut sum = 0u64;
+        let service_pieces = pieces
+            .iter()
+            .take_while(|p| {
+                sum += p.len() as u64;
+                sum <= service_len
+            })
+            .count();
+        let groups = crate::message::piece_groups(chunk, infos.iter().map(|p| p.len as usize));
         HeldState {
-            digest,
-            service,
-            clients,
-            chunks: chunks.into(),
+            digest: crate::message::manifest_digest(service_len, clients_len, &infos),
+            service_len,
+            service_pieces,
+            pieces: pieces.into(),
+            infos: infos.into(),
+            groups: groups.into(),
         }
     }
 
-    /// Piece `index` (empty past the end).
-    pub(crate) fn piece(&self, chunk: usize, index: u32) -> Vec<u8> {
-        crate::message::state_chunk(chunk, &self.service, &self.clients, index)
+    /// Run `index` of pieces, concatenated (empty past the end).
+    pub(crate) fn piece(&self, index: u32) -> Vec<u8> {
+        self.groups
+            .get(index as usize)
+            .map(|g| self.pieces[g.clone()].concat())
+            .unwrap_or_default()
+    }
+
+    /// The service's pieces.
+    pub(crate) fn service_pieces(&self) -> Vec<bytes::Bytes> {
+        self.pieces[..self.service_pieces].to_vec()
+    }
+
+    /// The service snapshot in one buffer.
+    pub(crate) fn service(&self) -> bytes::Bytes {
+        crate::message::concat_bytes(&self.pieces[..self.service_pieces])
+    }
+
+    /// The encoded client table in one buffer.
+    pub(crate) fn clients(&self) -> bytes::Bytes {
+        crate::message::concat_bytes(&self.pieces[self.service_pieces..])
     }
 
     /// The manifest of this state under `checkpoint`.
     pub(crate) fn manifest(&self, checkpoint: CheckpointCert) -> SnapshotManifest {
+        let total: u64 = self.infos.iter().map(|p| u64::from(p.len)).sum();
         SnapshotManifest {
             checkpoint,
-            service_len: self.service.len() as u64,
-            clients_len: self.clients.len() as u64,
-            chunks: self.chunks.to_vec(),
+            service_len: self.service_len,
+            clients_len: total - self.service_len,
+            pieces: self.infos.to_vec(),
         }
     }
 }
@@ -162,9 +243,12 @@ impl HeldState {
 #[derive(Clone, Debug)]
 pub(crate) struct Transfer {
     pub(crate) manifest: crate::message::SnapshotManifest,
+    /// The runs of pieces asked for one at a time (see `crate::message::piece_groups`).
+    pub(crate) groups: Vec<std::ops::Range<usize>>,
+    /// Each run once received and checked.
     pub(crate) pieces: Vec<Option<Vec<u8>>>,
     pub(crate) missing: usize,
-    /// Pieces asked for: from whom, and until when.
+    /// Runs asked for: from whom, and until when.
     pub(crate) asked: BTreeMap<u32, (ReplicaId, u64)>,
     /// Peers that offered this state (they hold it): pieces are asked of them in turn.
     pub(crate) sources: Vec<ReplicaId>,

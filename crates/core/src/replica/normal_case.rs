@@ -385,7 +385,7 @@ impl Replica {
         &mut self,
         seq: Seq,
         results: Vec<Vec<u8>>,
-        snapshot: Option<Vec<u8>>,
+        snapshot: Option<Vec<bytes::Bytes>>,
     ) {
         let Some(flight) = self.in_flight.take_if(|f| f.seq == seq) else {
             // A batch superseded by a state transfer, or a runtime bug: either way not ours.

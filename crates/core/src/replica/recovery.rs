@@ -64,7 +64,8 @@ impl Replica {
         let mut restore = None;
         if let Some(snap) = checkpoint {
             let seq = snap.checkpoint.seq;
-            let state = HeldState::new(r.cfg.chunk(), snap.service.clone(), snap.clients.clone());
+            let (state, _) =
+                HeldState::new(r.cfg.chunk(), &snap.service, snap.clients.clone(), None);
             if state.digest != snap.checkpoint.state_digest {
                 return Err(RecoverError::BadCheckpoint {
                     seq,
@@ -80,12 +81,10 @@ impl Replica {
             r.next_seq = seq + 1;
             r.own_checkpoints.insert(seq, state.clone());
             r.stable_state = Some(state);
+            let service = snap.service_bytes();
             r.stable = snap.checkpoint;
             r.saved_checkpoint = seq;
-            restore = Some(Action::Restore {
-                seq,
-                service: snap.service,
-            });
+            restore = Some(Action::Restore { seq, service });
         }
         // View records first: the log holds a slot's records before the view record written
         // again at a later checkpoint, and the slots need the view they belong to. Each slot
@@ -249,12 +248,10 @@ impl Replica {
         {
             return;
         }
-        let Some(HeldState {
-            service, clients, ..
-        }) = self.stable_state.clone()
-        else {
+        let Some(state) = self.stable_state.as_ref() else {
             return;
         };
+        let (service, clients) = (state.service_pieces(), state.clients());
         self.saved_checkpoint = self.stable.seq;
         let view_record = match self.status {
             Status::ViewChanging => self

@@ -192,9 +192,11 @@ impl Replica {
         {
             return;
         }
-        let count = manifest.chunks.len();
+        let groups = manifest.groups(self.cfg.chunk());
+        let count = groups.len();
         self.transfer = Some(Transfer {
             manifest,
+            groups,
             pieces: vec![None; count],
             missing: count,
             asked: Default::default(),
@@ -289,15 +291,14 @@ impl Replica {
 
     pub(crate) fn on_fetch_chunk(&mut self, f: Signed<FetchChunk>) {
         let FetchChunk { seq, index } = f.body;
-        let chunk = self.cfg.chunk();
         // The stable state, the one before it, or our own state at that checkpoint if it is
         // not stable here yet (the requester checks every piece against its manifest, so a
         // state that differs only costs it a retry).
         let bytes = match (&self.stable_state, &self.previous_state) {
-            (Some(state), _) if self.stable.seq == seq => state.piece(chunk, index),
-            (_, Some((s, state))) if *s == seq => state.piece(chunk, index),
+            (Some(state), _) if self.stable.seq == seq => state.piece(index),
+            (_, Some((s, state))) if *s == seq => state.piece(index),
             _ => match self.own_checkpoints.get(&seq) {
-                Some(state) => state.piece(chunk, index),
+                Some(state) => state.piece(index),
                 None => return,
             },
         };
@@ -308,7 +309,6 @@ impl Replica {
     }
 
     pub(crate) fn on_chunk(&mut self, c: Signed<Chunk>) {
-        let chunk = self.cfg.chunk();
         let now = self.now_ms;
         let Some(t) = self.transfer.as_mut() else {
             return;
@@ -319,7 +319,10 @@ impl Replica {
         {
             return;
         }
-        if !t.manifest.piece_matches(chunk, index, &bytes) {
+        if !t
+            .manifest
+            .group_matches(t.groups[index as usize].clone(), &bytes)
+        {
             // A lying (or confused) peer: ask someone else at once.
             t.asked.remove(&index);
             t.failed.insert(index);
@@ -339,20 +342,27 @@ impl Replica {
         let Some(t) = self.transfer.take() else {
             return;
         };
-        let service_len = t.manifest.service_len as usize;
-        let mut all = Vec::with_capacity(service_len + t.manifest.clients_len as usize);
-        for piece in t.pieces.into_iter().flatten() {
-            all.extend_from_slice(&piece);
-        }
-        let clients = all.split_off(service_len.min(all.len()));
         if t.manifest.checkpoint.seq > self.last_executed {
-            let state = HeldState {
-                digest: t.manifest.checkpoint.state_digest,
-                service: all.into(),
-                clients: clients.into(),
-                chunks: t.manifest.chunks.into(),
-            };
-            self.install_snapshot(t.manifest.checkpoint, state);
+            // Each run's buffer, cut (without copying) into the pieces the manifest lists.
+            let mut pieces = Vec::with_capacity(t.manifest.pieces.len());
+            for (group, run) in t.groups.iter().zip(t.pieces) {
+                let run = bytes::Bytes::from(run.unwrap_or_default());
+                let mut start = 0;
+                for info in &t.manifest.pieces[group.clone()] {
+                    let end = start + info.len as usize;
+                    pieces.push(run.slice(start..end));
+                    start = end;
+                }
+            }
+            let m = t.manifest;
+            let state = HeldState::from_pieces(
+                self.cfg.chunk(),
+                m.service_len,
+                m.clients_len,
+                pieces,
+                m.pieces,
+            );
+            self.install_snapshot(m.checkpoint, state);
         }
         self.try_execute();
         if self.behind() {
@@ -362,7 +372,7 @@ impl Replica {
 
     /// Replace our state with a certified snapshot (already checked against its certificate).
     fn install_snapshot(&mut self, checkpoint: CheckpointCert, state: HeldState) {
-        let Ok(clients) = ClientTable::decode(&state.clients) else {
+        let Ok(clients) = ClientTable::decode(&state.clients()) else {
             self.reject(Reject::BadStateTransfer);
             return;
         };
@@ -374,7 +384,7 @@ impl Replica {
         self.stats.snapshots_installed += 1;
         self.out.push(Action::Restore {
             seq,
-            service: state.service.clone(),
+            service: state.service(),
         });
         self.own_checkpoints.insert(seq, state.clone());
         if seq > self.stable.seq {

@@ -153,7 +153,8 @@ impl CoreThread {
             for action in actions.drain(..) {
                 self.act(action, &mut arrivals);
             }
-            if self.replica.view() != last_view {
+            let view_changed = self.replica.view() != last_view;
+            if view_changed {
                 last_view = self.replica.view();
                 info!(
                     view = last_view,
@@ -161,7 +162,8 @@ impl CoreThread {
                     "entered view"
                 );
             }
-            if last_publish.elapsed() >= PUBLISH_EVERY {
+            // A new view is published at once (operators and tests watch for it).
+            if view_changed || last_publish.elapsed() >= PUBLISH_EVERY {
                 last_publish = Instant::now();
                 self.publish();
                 // Requests never answered here (stale, dropped) must not pin memory.

@@ -447,7 +447,10 @@ mod tests {
                 state_digest: Default::default(),
                 proof: Vec::new(),
             },
-            service: bytes::Bytes::from_static(b"the service state"),
+            service: vec![
+                bytes::Bytes::from_static(b"the service "),
+                bytes::Bytes::from_static(b"state"),
+            ],
             clients: bytes::Bytes::from_static(b"clients"),
         };
         let jobs = vec![

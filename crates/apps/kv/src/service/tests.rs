@@ -645,18 +645,22 @@ fn snapshot_round_trips_and_is_canonical() {
     b_svc.apply(KvOp::Del {
         keys: keys(&["gone"]),
     });
-    assert_eq!(a.snapshot(), b_svc.snapshot(), "same state, same bytes");
+    assert_eq!(
+        a.snapshot().concat(),
+        b_svc.snapshot().concat(),
+        "same state, same bytes"
+    );
 
     let mut restored = KvService::new();
     set(&mut restored, "stale", "x");
-    restored.restore(&a.snapshot()).unwrap();
+    restored.restore(&a.snapshot().concat()).unwrap();
     assert_eq!(restored, a);
     assert_eq!(restored.state_bytes(), recount(&restored));
-    assert_eq!(restored.snapshot(), a.snapshot());
+    assert_eq!(restored.snapshot().concat(), a.snapshot().concat());
 
-    let empty = KvService::new();
+    let mut empty = KvService::new();
     let mut c = a.clone();
-    c.restore(&empty.snapshot()).unwrap();
+    c.restore(&empty.snapshot().concat()).unwrap();
     assert!(c.is_empty());
     assert_eq!(c.state_bytes(), 0);
 }
@@ -666,7 +670,7 @@ fn restore_rejects_bad_snapshots() {
     let mut svc = KvService::new();
     set(&mut svc, "a", "1");
     set(&mut svc, "b", "2");
-    let good = svc.snapshot();
+    let good = svc.snapshot().concat();
     let mut target = KvService::new();
     set(&mut target, "keep", "me");
     let before = target.clone();
@@ -693,7 +697,7 @@ fn restore_rejects_bad_snapshots() {
     let mut big = KvService::new();
     set(&mut big, "a", &"v".repeat(17));
     assert!(
-        small.restore(&big.snapshot()).is_err(),
+        small.restore(&big.snapshot().concat()).is_err(),
         "value beyond local limits"
     );
     let mut many = KvService::new();
@@ -701,7 +705,7 @@ fn restore_rejects_bad_snapshots() {
         set(&mut many, &format!("{i}"), "");
     }
     assert!(
-        small.restore(&many.snapshot()).is_err(),
+        small.restore(&many.snapshot().concat()).is_err(),
         "state beyond local limits"
     );
 }
@@ -793,9 +797,128 @@ proptest! {
         let mut entries: Vec<_> = svc.map.clone().into_iter().collect();
         entries.reverse();
         rebuilt.apply(KvOp::MSet { pairs: entries });
-        prop_assert_eq!(rebuilt.snapshot(), svc.snapshot());
+        prop_assert_eq!(rebuilt.snapshot().concat(), svc.snapshot().concat());
         let mut restored = KvService::with_limits(limits);
-        restored.restore(&svc.snapshot()).unwrap();
+        restored.restore(&svc.snapshot().concat()).unwrap();
         prop_assert_eq!(restored, svc);
     }
+}
+
+/// Keys spread over a range large enough for a state of several parts.
+fn arb_many_key() -> impl Strategy<Value = Vec<u8>> {
+    (0u32..400).prop_map(|i| format!("k{i}").into_bytes())
+}
+
+fn arb_many_op() -> impl Strategy<Value = KvOp> {
+    let value = proptest::collection::vec(any::<u8>(), 0..160);
+    prop_oneof![
+        6 => (arb_many_key(), value.clone()).prop_map(|(key, value)| KvOp::Set {
+            key,
+            value,
+            condition: SetCondition::Always,
+            get: false,
+        }),
+        2 => proptest::collection::vec(arb_many_key(), 1..4).prop_map(|keys| KvOp::Del { keys }),
+        1 => (arb_many_key(), value.clone()).prop_map(|(key, value)| KvOp::Append { key, value }),
+        1 => proptest::collection::vec((arb_many_key(), value), 1..8)
+            .prop_map(|pairs| KvOp::MSet { pairs }),
+        1 => (arb_many_key(), -3i64..3).prop_map(|(key, delta)| KvOp::IncrBy { key, delta }),
+    ]
+}
+
+/// The parts a service without kept parts cuts for the same entries.
+fn fresh_parts(svc: &KvService) -> Vec<Bytes> {
+    let mut fresh = KvService::with_limits(svc.limits.clone());
+    fresh.restore(&svc.clone().snapshot().concat()).unwrap();
+    fresh.snapshot()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever the writes between snapshots, a service's parts (kept ones included) are the
+    /// parts cut from scratch for the same entries, and restoring them gives the same service.
+    #[test]
+    fn kept_parts_are_the_parts_cut_from_scratch(
+        rounds in proptest::collection::vec(
+            (proptest::collection::vec(arb_many_op(), 0..60), any::<bool>()),
+            1..8,
+        ),
+    ) {
+        let mut svc = KvService::new();
+        for (ops, flush) in rounds {
+            for op in ops {
+                svc.apply(op);
+            }
+            if flush && svc.len() > 300 {
+                svc.apply(KvOp::FlushAll);
+            }
+            let parts = svc.snapshot();
+            prop_assert_eq!(&parts, &fresh_parts(&svc));
+            let mut restored = KvService::new();
+            restored.restore(&parts.concat()).unwrap();
+            prop_assert_eq!(&restored, &svc);
+        }
+    }
+}
+
+#[test]
+fn a_snapshot_reencodes_only_the_parts_written_since_the_last() {
+    let mut svc = KvService::new();
+    for i in 0..5_000u32 {
+        set(&mut svc, &format!("key{i:05}"), &"v".repeat(64));
+    }
+    let first = svc.snapshot();
+    assert!(first.len() > 20, "a state of many parts: {}", first.len());
+    let total: usize = first.iter().map(Bytes::len).sum();
+    let again = svc.snapshot();
+    assert!(
+        first
+            .iter()
+            .zip(&again)
+            .all(|(a, b)| a.as_ptr() == b.as_ptr()),
+        "no write: the very same buffers"
+    );
+    // Two writes (one of them a new key) change the parts they fall in, and only those.
+    set(&mut svc, "key00100", "changed");
+    set(&mut svc, "key04000x", "new");
+    let (third, encoded) = svc.parts.parts(&svc.map);
+    assert!(
+        encoded > 0 && encoded < total / 10,
+        "re-encoded {encoded} of {total} bytes"
+    );
+    let shared = third
+        .iter()
+        .filter(|p| again.iter().any(|a| a.as_ptr() == p.as_ptr()))
+        .count();
+    assert!(
+        shared + 4 >= third.len(),
+        "{shared} of {} parts kept",
+        third.len()
+    );
+    assert_eq!(
+        [&again[..1], &third[..]].concat(),
+        fresh_parts(&svc),
+        "and they are the parts cut from scratch"
+    );
+}
+
+#[test]
+fn restore_rejects_entries_not_cut_where_snapshots_cut() {
+    let mut svc = KvService::new();
+    for i in 0..2_000u32 {
+        set(&mut svc, &format!("key{i:05}"), &"v".repeat(64));
+    }
+    assert!(svc.snapshot().len() > 3);
+    // The same entries in one sequence (the layout of version 1 under version 2's number).
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = svc.map.clone().into_iter().collect();
+    let one_part = encode(&(SNAPSHOT_VERSION, entries));
+    let mut target = KvService::new();
+    let err = target.restore(&one_part).unwrap_err();
+    assert!(err.0.contains("not cut where snapshots cut"), "{err}");
+    assert!(target.is_empty());
+    // An empty part is never cut.
+    let mut with_empty = svc.snapshot().concat();
+    with_empty.push(0);
+    assert!(target.restore(&with_empty).is_err());
 }
