@@ -5,6 +5,7 @@
 //! [`KvLimits`]; an operation that would break a limit returns an error result and leaves the
 //! state unchanged, the same way on every replica.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -110,6 +111,22 @@ impl Eq for KvService {}
 
 fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
     key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES
+}
+
+/// The state's byte count after a write that removes `removed` and adds `added` bytes, or the
+/// error if that would break [`KvLimits::state_bytes_max`] (a write that shrinks the state is
+/// always allowed).
+fn state_after(
+    limits: &KvLimits,
+    state_bytes: u64,
+    removed: u64,
+    added: u64,
+) -> Result<u64, KvReply> {
+    let after = state_bytes - removed + added;
+    if added > removed && after > limits.state_bytes_max {
+        return Err(KvReply::error(errors::OUT_OF_MEMORY));
+    }
+    Ok(after)
 }
 
 /// The encoded size of `KvReply::Bulk(value)`: variant index, length, bytes.
@@ -304,11 +321,7 @@ impl KvService {
     /// Checks that replacing `removed` bytes of state with `added` bytes keeps within the
     /// state limit (shrinking is always allowed) and returns the new state size.
     fn check_state(&self, removed: u64, added: u64) -> Result<u64, KvReply> {
-        let after = self.state_bytes - removed + added;
-        if added > removed && after > self.limits.state_bytes_max {
-            return Err(KvReply::error(errors::OUT_OF_MEMORY));
-        }
-        Ok(after)
+        state_after(&self.limits, self.state_bytes, removed, added)
     }
 
     /// Stores `value` under `key` after the limits were checked.
@@ -322,7 +335,13 @@ impl KvService {
         if let Err(e) = self.check_key(&key).and(self.check_value(value.len())) {
             return e;
         }
-        let old = self.map.get(&key);
+        // One search of the map: the write goes through the entry it found.
+        let (limits, state_bytes) = (&self.limits, self.state_bytes);
+        let entry = self.map.entry(key);
+        let old = match &entry {
+            Entry::Occupied(e) => Some(e.get()),
+            Entry::Vacant(_) => None,
+        };
         let reply_if_done = match (get, old) {
             (false, _) => KvReply::Ok,
             (true, None) => KvReply::Nil,
@@ -337,14 +356,27 @@ impl KvService {
             // With GET, Redis still answers the old value when the condition fails.
             return if get { reply_if_done } else { KvReply::Nil };
         }
-        let removed = old.map_or(0, |old| entry_bytes(&key, old));
-        match self.check_state(removed, entry_bytes(&key, &value)) {
-            Ok(after) => {
-                self.store(key, value, after);
-                reply_if_done
+        let removed = old.map_or(0, |old| entry_bytes(entry.key(), old));
+        let after = match state_after(
+            limits,
+            state_bytes,
+            removed,
+            entry_bytes(entry.key(), &value),
+        ) {
+            Ok(after) => after,
+            Err(e) => return e,
+        };
+        self.parts.touch(entry.key());
+        match entry {
+            Entry::Occupied(mut e) => {
+                e.insert(value);
             }
-            Err(e) => e,
+            Entry::Vacant(e) => {
+                e.insert(value);
+            }
         }
+        self.state_bytes = after;
+        reply_if_done
     }
 
     fn incr_by(&mut self, key: Vec<u8>, delta: i64) -> KvReply {

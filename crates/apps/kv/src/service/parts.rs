@@ -3,12 +3,12 @@
 //!
 //! The entries, in key order, are cut into parts by a rule that depends only on the entries:
 //! a part starts at the first key or right after a cut, and is cut after the first key that is
-//! a *boundary* (one key in 64, by a fixed hash of the key) once the part holds at least
+//! a *boundary* (one key in 16, by a fixed hash of the key) once the part holds at least
 //! [`PART_BYTES_MIN`] encoded bytes; the last part ends with the last key. Two replicas with the
 //! same entries therefore cut the same parts, whatever writes led there. Each part's encoding
-//! is kept (keyed by its first key) until a write lands in its key range; the next snapshot
-//! re-encodes only such parts and hands back the kept buffers of the others, which the engine
-//! recognises and does not hash again.
+//! is kept until the next snapshot finds a write in its key range ([`PartCache`]); the others
+//! are handed back as the very buffers of the previous snapshot, which the engine recognises
+//! and does not hash again.
 //!
 //! Keys chosen so that none is a boundary make one large part (each snapshot then re-encodes
 //! it, the cost of a snapshot without parts); the minimum size bounds the number of parts, and
@@ -22,10 +22,10 @@ use bytes::Bytes;
 use crate::ops::varint_len;
 
 /// A part is cut only once it holds this many encoded bytes (then at the next boundary key).
-pub(super) const PART_BYTES_MIN: usize = 4 << 10;
+pub(super) const PART_BYTES_MIN: usize = 1 << 10;
 
 /// One key in `2^BOUNDARY_BITS` is a boundary.
-const BOUNDARY_BITS: u32 = 6;
+const BOUNDARY_BITS: u32 = 4;
 
 /// Whether a part may end with `key` (a fixed function of the key: FNV-1a, then a 64-bit
 /// finaliser so that the top bits depend on every byte).
@@ -63,70 +63,103 @@ struct Part {
     bytes: Bytes,
 }
 
-/// The kept encodings of the parts no write touched since they were encoded.
+/// The encodings of the parts cut at the last snapshot, and the keys written since.
+///
+/// A write only notes its key (no search). The next snapshot sorts the noted keys and walks the
+/// kept parts, which covered every key back to back, alongside them: a kept part is reused when
+/// it starts right after the previous part and no noted key lies between the end of the
+/// previous part and its own end (nor, for the last part, anywhere after it); everything else
+/// is encoded again from the map.
 #[derive(Clone, Debug, Default)]
 pub(super) struct PartCache {
-    /// By first key.
-    parts: BTreeMap<Vec<u8>, Part>,
+    /// In key order: first key and part.
+    parts: Vec<(Vec<u8>, Part)>,
+    /// Keys written since the last snapshot, in write order.
+    written: Vec<Vec<u8>>,
 }
 
+/// Noted keys beyond which the kept parts are dropped instead (a store that is written but
+/// seldom snapshotted keeps bounded memory; its next snapshot encodes everything).
+const WRITTEN_MAX: usize = 1 << 18;
+
 impl PartCache {
-    /// `key` is being written (set, changed or deleted): drop the part it falls in, or the last
-    /// part if the key extends it.
+    /// `key` is being written (set, changed or deleted).
     pub(super) fn touch(&mut self, key: &[u8]) {
-        let hit = self
-            .parts
-            .range::<[u8], _>((Unbounded, Included(key)))
-            .next_back()
-            .filter(|(_, p)| key <= &p.last[..] || !p.cut)
-            .map(|(first, _)| first.clone());
-        if let Some(first) = hit {
-            self.parts.remove(&first);
+        if self.parts.is_empty() {
+            // Nothing kept: the next snapshot encodes everything anyway.
+            return;
         }
+        if self.written.len() >= WRITTEN_MAX.max(self.parts.len()) {
+            self.clear();
+            return;
+        }
+        self.written.push(key.to_vec());
     }
 
     /// Forget every part (the map was replaced or cleared).
     pub(super) fn clear(&mut self) {
         self.parts.clear();
+        self.written.clear();
     }
 
     /// The parts of `map` in key order: kept ones as they are, the others encoded (and kept).
     /// Returns the parts and the bytes encoded.
     pub(super) fn parts(&mut self, map: &BTreeMap<Vec<u8>, Vec<u8>>) -> (Vec<Bytes>, usize) {
-        let mut out = Vec::new();
+        let mut written = std::mem::take(&mut self.written);
+        written.sort_unstable();
+        written.dedup();
+        let mut written = written.iter().peekable();
+        let mut kept = std::mem::take(&mut self.parts).into_iter().peekable();
+        let mut parts: Vec<(Vec<u8>, Part)> = Vec::with_capacity(kept.len() + 1);
         let mut encoded = 0;
-        let mut after: Option<Vec<u8>> = None;
+        // Whether the last part was reused (so the next kept part starts right after it)
+        // rather than encoded (its end may have moved).
+        let mut after_kept = true;
         loop {
-            let next = match &after {
+            let cursor = parts.last().map(|(_, p)| p.last.as_slice());
+            // Kept parts that start inside what was emitted are no longer parts; written keys
+            // there are dealt with.
+            while kept
+                .next_if(|(f, _)| cursor.is_some_and(|c| &f[..] <= c))
+                .is_some()
+            {}
+            while written
+                .next_if(|k| cursor.is_some_and(|c| &k[..] <= c))
+                .is_some()
+            {}
+            let next_written: Option<&Vec<u8>> = written.peek().copied();
+            // No write since the cursor, up to the part's end (or at all, for an uncut one).
+            let untouched = |p: &Part| match next_written {
+                None => true,
+                Some(k) => p.cut && *k > p.last,
+            };
+            if let Some(part) = kept.next_if(|(_, p)| after_kept && untouched(p)) {
+                parts.push(part);
+                continue;
+            }
+            let next = match cursor {
                 None => map.keys().next(),
-                Some(last) => map
-                    .range::<[u8], _>((Excluded(&last[..]), Unbounded))
+                Some(c) => map
+                    .range::<[u8], _>((Excluded(c), Unbounded))
                     .next()
                     .map(|(k, _)| k),
             };
             let Some(first) = next else {
                 break;
             };
-            if let Some(part) = self.parts.get(first) {
-                out.push(part.bytes.clone());
-                after = Some(part.last.clone());
+            if let Some(part) = kept.next_if(|(f, p)| f == first && untouched(p)) {
+                // The encoded part ended where a kept one starts: back in step.
+                parts.push(part);
+                after_kept = true;
                 continue;
             }
             let part = encode_part(map, first);
             encoded += part.bytes.len();
-            // Parts kept from before that start inside this one are no longer parts.
-            let stale: Vec<Vec<u8>> = self
-                .parts
-                .range::<[u8], _>((Excluded(&first[..]), Included(&part.last[..])))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in stale {
-                self.parts.remove(&k);
-            }
-            out.push(part.bytes.clone());
-            after = Some(part.last.clone());
-            self.parts.insert(first.clone(), part);
+            parts.push((first.clone(), part));
+            after_kept = false;
         }
+        let out = parts.iter().map(|(_, p)| p.bytes.clone()).collect();
+        self.parts = parts;
         (out, encoded)
     }
 }
