@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: the replicas allocate per message and per request,
+/// and glibc's malloc and free were 16% of a loaded machine (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod client;
 mod gateway;
