@@ -7,8 +7,9 @@ use crate::fs::{Fs, FsFile};
 
 /// Magic bytes opening every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"SHWLSNAP";
-/// Version of the snapshot format written by this build (the only one it reads).
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// Version of the snapshot format written by this build (the only one it reads). Version 2:
+/// the checkpoint's service state is a list of parts (ADR 012).
+pub const SNAPSHOT_VERSION: u32 = 2;
 /// Bytes of the snapshot header: magic (8), version (4), body crc32c (4), seq (8),
 /// body length (8), reserved zero (4), header crc32c (4).
 pub const SNAPSHOT_HEADER_BYTES: u64 = 40;

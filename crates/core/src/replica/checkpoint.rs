@@ -14,8 +14,12 @@ impl Replica {
     /// After executing checkpoint `seq`: record the state and vote for its digest.
     pub(crate) fn take_checkpoint(&mut self, seq: Seq, service: Vec<bytes::Bytes>) {
         let clients = self.clients.encode();
-        // The newest state this replica holds (unstable checkpoints are above the stable one).
-        let previous = (self.own_checkpoints.values().next_back()).or(self.stable_state.as_ref());
+        // The newest state this replica holds: an unstable checkpoint (above the stable one),
+        // the stable state, or, for a replica whose service lags (the checkpoint became stable
+        // before it executed it), the state it took last, kept as the previous one.
+        let previous = (self.own_checkpoints.values().next_back())
+            .or(self.stable_state.as_ref())
+            .or(self.previous_state.as_ref().map(|(_, state)| state));
         let (state, hashed) = HeldState::new(self.cfg.chunk(), &service, clients.into(), previous);
         self.stats.state_bytes_hashed += hashed;
         let digest = state.digest;

@@ -106,9 +106,21 @@ impl Replica {
         } else {
             None
         };
+        // The reply stays well within a message: a large state's manifest (37 bytes a piece)
+        // leaves less room for batches.
+        let mut room = (crate::message::MESSAGE_BYTES_MAX / 2).saturating_sub(
+            snapshot
+                .as_ref()
+                .map_or(0, |m| m.pieces.len() * 37 + (64 << 10)),
+        );
         let batches = (from + 1..)
             .map_while(|s| self.slots.get(&s).and_then(|slot| slot.committed.clone()))
             .take(self.cfg.fetch_batches_max as usize)
+            .take_while(|b| {
+                let size = crate::message::encode(b).len();
+                room = room.saturating_sub(size);
+                room > 0
+            })
             .collect();
         let body = FetchReply {
             view: self.view,

@@ -1572,3 +1572,93 @@ fn checkpoints_hash_only_the_state_that_changed() {
         );
     }
 }
+
+#[test]
+fn a_replica_whose_service_lags_reuses_the_digests_of_the_state_it_took_last() {
+    // Checkpoint 8 becomes stable before this replica executed it: its state at 4 moved to
+    // `previous_state` and it holds no other. Taking checkpoint 8 hashes only what changed.
+    let mut r = Replica::new(
+        config(4, FaultModel::Byzantine),
+        1,
+        auth(Principal::Replica(1)),
+    )
+    .unwrap();
+    let mut parts: Vec<bytes::Bytes> = (0..8u8).map(|i| vec![i; 1000].into()).collect();
+    r.take_checkpoint(4, parts.clone());
+    let cert = |seq, state_digest| CheckpointCert {
+        seq,
+        state_digest,
+        proof: Vec::new(),
+    };
+    let digest4 = r.own_checkpoints[&4].digest;
+    r.make_stable(cert(4, digest4));
+    r.make_stable(cert(8, crate::types::Digest([5; 32])));
+    assert!(r.stable_state.is_none() && r.own_checkpoints.is_empty());
+    assert!(r.previous_state.is_some());
+    let before = r.stats().state_bytes_hashed;
+    parts[3] = vec![9u8; 1000].into();
+    r.take_checkpoint(8, parts);
+    let table = r.clients.encode().len() as u64;
+    assert_eq!(r.stats().state_bytes_hashed - before, 1000 + table);
+}
+
+#[test]
+fn a_fetch_reply_stays_within_half_a_message() {
+    // 40 committed batches of 1 MiB each would make a 40 MiB reply: it carries what fits in
+    // half a message (and at least some batches).
+    let mut r = Replica::new(
+        config(4, FaultModel::Byzantine),
+        1,
+        auth(Principal::Replica(1)),
+    )
+    .unwrap();
+    let big = SignedRequest {
+        request: Request {
+            client: 1,
+            req_seq: 1,
+            read_only: false,
+            op: vec![0; 1 << 20],
+        },
+        auth: RequestAuth::Signature(vec![0; 64]),
+    };
+    for seq in 1..=40 {
+        r.slots.entry(seq).or_default().committed = Some(crate::message::CommittedBatch {
+            pre_prepare: crate::message::PrePrepare {
+                view: 0,
+                seq,
+                batch_digest: crate::types::Digest([0; 32]),
+                batch: vec![big.clone()],
+            },
+            commits: Vec::new(),
+        });
+    }
+    let fetch = crate::message::Fetch {
+        executed: 0,
+        view: 0,
+        nonce: 1,
+    };
+    r.on_fetch(Signed {
+        from: 2,
+        body: fetch,
+        sig: Vec::new(),
+    });
+    let mut out = Vec::new();
+    r.release(&mut out);
+    let reply = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Send {
+                message: Message::FetchReply(reply),
+                ..
+            } => Some(reply.clone()),
+            _ => None,
+        })
+        .expect("a fetch reply");
+    let size = crate::message::encode(&reply).len();
+    assert!(
+        size <= crate::message::MESSAGE_BYTES_MAX / 2,
+        "{size} bytes"
+    );
+    let batches = reply.body.batches.len();
+    assert!((20..40).contains(&batches), "{batches} batches");
+}

@@ -76,11 +76,15 @@ pub(super) struct PartCache {
     parts: Vec<(Vec<u8>, Part)>,
     /// Keys written since the last snapshot, in write order.
     written: Vec<Vec<u8>>,
+    /// Their bytes.
+    written_bytes: usize,
 }
 
-/// Noted keys beyond which the kept parts are dropped instead (a store that is written but
-/// seldom snapshotted keeps bounded memory; its next snapshot encodes everything).
+/// Noted keys (after removing repeats) or bytes of noted keys beyond which the kept parts are
+/// dropped instead (a store that is written but seldom snapshotted keeps bounded memory; its
+/// next snapshot encodes everything).
 const WRITTEN_MAX: usize = 1 << 18;
+const WRITTEN_BYTES_MAX: usize = 64 << 20;
 
 impl PartCache {
     /// `key` is being written (set, changed or deleted).
@@ -90,9 +94,20 @@ impl PartCache {
             return;
         }
         if self.written.len() >= WRITTEN_MAX.max(self.parts.len()) {
+            // Many writes to few keys are fine: drop the repeats first.
+            self.written.sort_unstable();
+            self.written.dedup();
+            self.written_bytes = self.written.iter().map(Vec::len).sum();
+            if self.written.len() >= WRITTEN_MAX.max(self.parts.len()) / 2 {
+                self.clear();
+                return;
+            }
+        }
+        if self.written_bytes + key.len() > WRITTEN_BYTES_MAX {
             self.clear();
             return;
         }
+        self.written_bytes += key.len();
         self.written.push(key.to_vec());
     }
 
@@ -100,12 +115,14 @@ impl PartCache {
     pub(super) fn clear(&mut self) {
         self.parts.clear();
         self.written.clear();
+        self.written_bytes = 0;
     }
 
     /// The parts of `map` in key order: kept ones as they are, the others encoded (and kept).
     /// Returns the parts and the bytes encoded.
     pub(super) fn parts(&mut self, map: &BTreeMap<Vec<u8>, Vec<u8>>) -> (Vec<Bytes>, usize) {
         let mut written = std::mem::take(&mut self.written);
+        self.written_bytes = 0;
         written.sort_unstable();
         written.dedup();
         let mut written = written.iter().peekable();
