@@ -83,7 +83,7 @@ pub(super) struct PartCache {
 /// Noted keys (after removing repeats) or bytes of noted keys beyond which the kept parts are
 /// dropped instead (a store that is written but seldom snapshotted keeps bounded memory; its
 /// next snapshot encodes everything).
-const WRITTEN_MAX: usize = 1 << 18;
+pub(super) const WRITTEN_MAX: usize = 1 << 18;
 const WRITTEN_BYTES_MAX: usize = 64 << 20;
 
 impl PartCache {

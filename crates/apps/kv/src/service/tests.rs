@@ -922,3 +922,28 @@ fn restore_rejects_entries_not_cut_where_snapshots_cut() {
     with_empty.push(0);
     assert!(target.restore(&with_empty).is_err());
 }
+
+#[test]
+fn noted_keys_are_bounded_and_repeats_do_not_count() {
+    let mut svc = KvService::new();
+    for i in 0..3_000u32 {
+        set(&mut svc, &format!("key{i:05}"), &"v".repeat(64));
+    }
+    let (first, _) = svc.parts.parts(&svc.map);
+    let total: usize = first.iter().map(Bytes::len).sum();
+    // One key written more times than the bound: the repeats are dropped, the parts kept.
+    for i in 0..(super::parts::WRITTEN_MAX as u32 + 10) {
+        set(&mut svc, "key00007", &format!("{i}"));
+    }
+    let (second, encoded) = svc.parts.parts(&svc.map);
+    assert!(encoded < total / 10, "re-encoded {encoded} of {total}");
+    assert_eq!(second, fresh_parts(&svc)[1..]);
+    // More distinct keys than the bound: the kept parts are dropped, everything is encoded
+    // again, and the parts are still the ones cut from scratch.
+    for i in 0..(super::parts::WRITTEN_MAX as u32 + 10) {
+        set(&mut svc, &format!("new{i:07}"), "");
+    }
+    let (third, encoded) = svc.parts.parts(&svc.map);
+    assert_eq!(encoded, third.iter().map(Bytes::len).sum::<usize>());
+    assert_eq!(third, fresh_parts(&svc)[1..]);
+}
