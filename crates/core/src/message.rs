@@ -229,20 +229,18 @@ impl StateSnapshot {
     /// the encoded client table `clients`: the digest of its manifest (the lengths and the
     /// digest of every piece, see [`state_pieces`]).
     pub fn state_digest(chunk: usize, service: &[Bytes], clients: &Bytes) -> Digest {
-        let pieces = state_pieces(chunk, service, clients);
-        let infos: Vec<PieceInfo> = pieces.iter().map(|p| PieceInfo::of(p)).collect();
-        let service_len = service.iter().map(|p| p.len() as u64).sum();
-        manifest_digest(service_len, clients.len() as u64, &infos)
+        let (service_len, pieces) = piece_infos(chunk, service, clients);
+        manifest_digest(service_len, clients.len() as u64, &pieces)
     }
 
     /// The manifest a replica serving this state offers.
     pub fn manifest(&self, chunk: usize) -> SnapshotManifest {
-        let pieces = state_pieces(chunk, &self.service, &self.clients);
+        let (service_len, pieces) = piece_infos(chunk, &self.service, &self.clients);
         SnapshotManifest {
             checkpoint: self.checkpoint.clone(),
-            service_len: self.service.iter().map(|p| p.len() as u64).sum(),
+            service_len,
             clients_len: self.clients.len() as u64,
-            pieces: pieces.iter().map(|p| PieceInfo::of(p)).collect(),
+            pieces,
         }
     }
 
@@ -294,6 +292,16 @@ pub fn state_pieces(chunk: usize, service: &[Bytes], clients: &Bytes) -> Vec<Byt
         }
     }
     pieces
+}
+
+/// The service's length and every piece's entry, each piece hashed.
+fn piece_infos(chunk: usize, service: &[Bytes], clients: &Bytes) -> (u64, Vec<PieceInfo>) {
+    let pieces = state_pieces(chunk, service, clients);
+    let service_len = service.iter().map(|p| p.len() as u64).sum();
+    (
+        service_len,
+        pieces.iter().map(|p| PieceInfo::of(p)).collect(),
+    )
 }
 
 /// The transfer units of a state: runs of consecutive pieces of at most `chunk` bytes in all

@@ -15,6 +15,10 @@ use crate::glob::Glob;
 use crate::ops::{format_integer, parse_integer, varint_len};
 use crate::ops::{KvOp, KvReply, SetCondition, PIPELINE_OPS_MAX};
 
+mod parts;
+
+use parts::PartCache;
+
 /// The error lines the service returns, as Redis 7 words them where Redis has the error.
 pub mod errors {
     /// A value that must be an integer is not one (or does not fit in `i64`).
@@ -573,10 +577,6 @@ impl Service for KvService {
         Ok(())
     }
 }
-
-mod parts;
-
-use parts::PartCache;
 
 #[cfg(test)]
 mod tests;

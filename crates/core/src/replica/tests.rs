@@ -139,11 +139,16 @@ impl Cluster {
 
     fn durable(n: u32, model: FaultModel) -> Cluster {
         let mut c = Cluster::new(n, model);
-        c.cfg.durability = crate::config::Durability::Durable;
-        c.replicas = (0..n)
-            .map(|i| Replica::new(c.cfg.clone(), i, auth(Principal::Replica(i))).unwrap())
-            .collect();
+        c.reconfigure(|cfg| cfg.durability = crate::config::Durability::Durable);
         c
+    }
+
+    /// Change the configuration and start every replica afresh with it.
+    fn reconfigure(&mut self, change: impl FnOnce(&mut Config)) {
+        change(&mut self.cfg);
+        self.replicas = (0..self.cfg.n)
+            .map(|i| Replica::new(self.cfg.clone(), i, auth(Principal::Replica(i))).unwrap())
+            .collect();
     }
 
     /// Replica `i` loses its memory and whatever its disk had not made durable, and restarts
@@ -1401,10 +1406,7 @@ fn replica_restarted_during_a_view_change_asks_for_the_same_view_again() {
 #[test]
 fn a_snapshot_travels_in_checked_pieces_and_a_lying_peer_only_costs_retries() {
     let mut c = Cluster::new(4, FaultModel::Byzantine);
-    c.cfg.state_chunk_bytes = 8;
-    c.replicas = (0..4)
-        .map(|i| Replica::new(c.cfg.clone(), i, auth(Principal::Replica(i))).unwrap())
-        .collect();
+    c.reconfigure(|cfg| cfg.state_chunk_bytes = 8);
     // Replica 0 is the one replica 3 asks for the state (it offers the manifest), and it
     // forges every piece it sends.
     c.tamper_chunks = Some(0);
@@ -1550,10 +1552,7 @@ fn checkpoints_hash_only_the_state_that_changed() {
     // replicas hash each op's bytes once, not the whole log at every checkpoint.
     let mut c = Cluster::new(4, FaultModel::Byzantine);
     // Clients keep one result each: the client table stays small next to the ops.
-    c.cfg.client_pending_max = 1;
-    c.replicas = (0..4)
-        .map(|i| Replica::new(c.cfg.clone(), i, auth(Principal::Replica(i))).unwrap())
-        .collect();
+    c.reconfigure(|cfg| cfg.client_pending_max = 1);
     let op = [7u8; 100];
     for s in 1..=16 {
         c.submit(request(1, s, &op));
