@@ -33,12 +33,11 @@ fn request(client: u64, req_seq: u64, op: &[u8]) -> SignedRequest {
         client,
         req_seq,
         read_only: false,
-        op: op.to_vec(),
+        op: op.to_vec().into(),
     };
-    let auth = RequestAuth::Signature(sim_sign(
-        Principal::Client(client),
-        &request.signing_bytes(),
-    ));
+    let auth = RequestAuth::Signature(
+        sim_sign(Principal::Client(client), &request.signing_bytes()).into(),
+    );
     SignedRequest { request, auth }
 }
 

@@ -138,10 +138,13 @@ fn sign_replica(from: ReplicaId, bytes: &[u8]) -> Vec<u8> {
 fn repair_batch(pp: &mut PrePrepare, how: Repair) {
     if how.sign {
         for r in &mut pp.batch {
-            r.auth = RequestAuth::Signature(sim_sign(
-                Principal::Client(r.request.client),
-                &r.request.signing_bytes(),
-            ));
+            r.auth = RequestAuth::Signature(
+                sim_sign(
+                    Principal::Client(r.request.client),
+                    &r.request.signing_bytes(),
+                )
+                .into(),
+            );
         }
     }
     if how.digests {
@@ -268,10 +271,13 @@ pub fn repair(config: &Config, m: &mut Message, how: Repair) {
         Message::Forward(s) => {
             if how.sign {
                 for r in &mut s.body.requests {
-                    r.auth = RequestAuth::Signature(sim_sign(
-                        Principal::Client(r.request.client),
-                        &r.request.signing_bytes(),
-                    ));
+                    r.auth = RequestAuth::Signature(
+                        sim_sign(
+                            Principal::Client(r.request.client),
+                            &r.request.signing_bytes(),
+                        )
+                        .into(),
+                    );
                 }
             }
         }

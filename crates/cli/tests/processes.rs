@@ -316,9 +316,9 @@ fn a_fake_replica_cannot_disturb_the_cluster() {
                         client: 0,
                         req_seq: 1,
                         read_only: false,
-                        op: vec![],
+                        op: Default::default(),
                     },
-                    auth: RequestAuth::Signature(vec![]),
+                    auth: RequestAuth::Signature(Default::default()),
                 }))
                 .await
                 .unwrap();
@@ -470,13 +470,14 @@ fn client_authentication_and_exactly_once() {
             client: client_id(2, 0),
             req_seq: 1,
             read_only: false,
-            op: incr("once"),
+            op: incr("once").into(),
         };
         let forged = SignedRequest {
             request: bad.clone(),
             auth: RequestAuth::Signature(
                 NodeAuth::new(me, KeyPair::generate(), cluster.keyring())
-                    .sign(&bad.signing_bytes()),
+                    .sign(&bad.signing_bytes())
+                    .into(),
             ),
         };
         for conn in &mut conns {
@@ -487,10 +488,10 @@ fn client_authentication_and_exactly_once() {
             client: client_id(2, 0),
             req_seq: 2,
             read_only: false,
-            op: incr("once"),
+            op: incr("once").into(),
         };
         let signed = SignedRequest {
-            auth: RequestAuth::Signature(auth.sign(&request.signing_bytes())),
+            auth: RequestAuth::Signature(auth.sign(&request.signing_bytes()).into()),
             request,
         };
         let mut results = Vec::new();

@@ -100,8 +100,13 @@ impl ClientTable {
         e.replies.insert(req_seq, reply);
         let top = e.replies.keys().next_back().copied().unwrap_or(req_seq);
         e.floor = e.floor.max(top.saturating_sub(u64::from(window)));
-        let floor = e.floor;
-        e.replies = e.replies.split_off(&(floor + 1));
+        // Drop from the front (amortised O(log n) per call; `split_off` moved the whole tail).
+        while let Some(oldest) = e.replies.first_entry() {
+            if *oldest.key() > e.floor {
+                break;
+            }
+            oldest.remove();
+        }
     }
 
     /// Number of clients known.

@@ -24,9 +24,9 @@ pub struct Request {
     pub req_seq: u64,
     /// Read-only requests may be answered from current state without ordering.
     pub read_only: bool,
-    /// Opaque operation bytes for the service.
-    #[serde(with = "serde_bytes")]
-    pub op: Vec<u8>,
+    /// Opaque operation bytes for the service. Shared, not copied, when the request is
+    /// cloned into a batch, a certificate or an execution.
+    pub op: Bytes,
 }
 
 /// A request with its client's authenticator over [`Request::signing_bytes`].
@@ -49,9 +49,9 @@ pub struct SignedRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RequestAuth {
     /// An Ed25519 signature (64 bytes).
-    Signature(#[serde(with = "serde_bytes")] Vec<u8>),
+    Signature(Bytes),
     /// [`MAC_BYTES`] bytes per replica, in replica order.
-    Macs(#[serde(with = "serde_bytes")] Vec<u8>),
+    Macs(Bytes),
 }
 
 /// Bytes of one MAC in a [`RequestAuth::Macs`] vector.
@@ -76,11 +76,12 @@ impl RequestAuth {
         }
     }
 
-    /// Mutable bytes of the authenticator (for tests and fault injection).
-    pub fn bytes_mut(&mut self) -> &mut Vec<u8> {
-        match self {
-            RequestAuth::Signature(b) | RequestAuth::Macs(b) => b,
-        }
+    /// Change the bytes of the authenticator (for tests and fault injection).
+    pub fn edit_bytes(&mut self, edit: impl FnOnce(&mut Vec<u8>)) {
+        let (RequestAuth::Signature(b) | RequestAuth::Macs(b)) = self;
+        let mut bytes = b.to_vec();
+        edit(&mut bytes);
+        *b = bytes.into();
     }
 }
 
@@ -798,12 +799,12 @@ mod tests {
                         client,
                         req_seq,
                         read_only,
-                        op,
+                        op: op.into(),
                     },
                     auth: if macs {
-                        RequestAuth::Macs(auth)
+                        RequestAuth::Macs(auth.into())
                     } else {
-                        RequestAuth::Signature(auth)
+                        RequestAuth::Signature(auth.into())
                     },
                 },
             )
@@ -842,7 +843,7 @@ mod tests {
                 read_only: bool,
                 op: Vec<u8>,
             }
-            let request = Request { client: 3, req_seq: 9, read_only: false, op: op.clone() };
+            let request = Request { client: 3, req_seq: 9, read_only: false, op: op.clone().into() };
             let plain = AsSequence { client: 3, req_seq: 9, read_only: false, op };
             prop_assert!(encode(&request) == encode(&plain));
         }

@@ -153,7 +153,7 @@ struct Lane {
 
 #[derive(Debug)]
 struct Outstanding {
-    op: Vec<u8>,
+    op: Bytes,
     read_only: bool,
     frame: Bytes,
     /// Each replica's (result, view), once it answered.
@@ -372,6 +372,7 @@ impl Client {
             .map_err(|_| ClientError::Timeout(timeout))?;
         // Frees the slot however this future ends, completed or dropped by its caller.
         let _slot = SlotGuard { inner, client, seq };
+        let op = Bytes::from(op);
         let frame = inner.frame(client, seq, read_only, &op);
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
@@ -451,22 +452,22 @@ impl Inner {
         self.room.notify_waiters();
     }
 
-    fn frame(&self, client: u64, req_seq: u64, read_only: bool, op: &[u8]) -> Bytes {
+    fn frame(&self, client: u64, req_seq: u64, read_only: bool, op: &Bytes) -> Bytes {
         let request = Request {
             client,
             req_seq,
             read_only,
-            op: op.to_vec(),
+            op: op.clone(),
         };
         let bytes = request.signing_bytes();
         let auth = match self.options.auth_mode {
-            AuthMode::Signature => RequestAuth::Signature(self.auth.sign(&bytes)),
+            AuthMode::Signature => RequestAuth::Signature(self.auth.sign(&bytes).into()),
             AuthMode::Mac => {
                 let mut macs = Vec::with_capacity(MAC_BYTES * self.n);
                 for r in 0..self.n as ReplicaId {
                     macs.extend_from_slice(&self.auth.mac(Principal::Replica(r), &bytes));
                 }
-                RequestAuth::Macs(macs)
+                RequestAuth::Macs(macs.into())
             }
         };
         Frame::Request(SignedRequest { request, auth }).encode()

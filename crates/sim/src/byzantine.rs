@@ -180,7 +180,9 @@ impl Byzantine {
                             client: 0,
                             req_seq: self.rng.gen_range(1..50),
                             read_only: false,
-                            op: KvOp::Put(b"k0".to_vec(), b"forged".to_vec()).encode(),
+                            op: KvOp::Put(b"k0".to_vec(), b"forged".to_vec())
+                                .encode()
+                                .into(),
                         },
                         auth: if self.rng.gen_bool(0.5) {
                             RequestAuth::Signature((0..64).map(|_| self.rng.gen()).collect())

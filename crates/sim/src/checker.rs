@@ -383,7 +383,7 @@ mod tests {
             client,
             req_seq,
             read_only: false,
-            op: op.encode(),
+            op: op.encode().into(),
         }
     }
 

@@ -175,9 +175,9 @@ impl Client {
     fn sign(&self, request: Request) -> SignedRequest {
         let bytes = request.signing_bytes();
         let auth = if self.params.macs {
-            RequestAuth::Macs(self.macs(&bytes))
+            RequestAuth::Macs(self.macs(&bytes).into())
         } else {
-            RequestAuth::Signature(self.auth.sign(&bytes))
+            RequestAuth::Signature(self.auth.sign(&bytes).into())
         };
         SignedRequest { request, auth }
     }
@@ -234,7 +234,7 @@ impl Client {
             client: self.id,
             req_seq,
             read_only,
-            op: op.encode(),
+            op: op.encode().into(),
         };
         let signed = self.sign(request.clone());
         let bytes = encode(&signed);
@@ -337,7 +337,7 @@ impl Client {
             client,
             req_seq,
             read_only: false,
-            op: op.encode(),
+            op: op.encode().into(),
         };
         let auth = match self.rng.gen_range(0..if self.params.macs { 5 } else { 3 }) {
             // A signature by this client, claiming to be `client` (bad unless client == id,
@@ -349,10 +349,10 @@ impl Client {
                         *b ^= 1;
                     }
                 }
-                RequestAuth::Signature(sig)
+                RequestAuth::Signature(sig.into())
             }
             1 => RequestAuth::Signature((0..32).map(|_| self.rng.gen()).collect()),
-            2 => RequestAuth::Signature(Vec::new()),
+            2 => RequestAuth::Signature(Vec::new().into()),
             // This client's MAC vector with the entries of f replicas, always the same ones,
             // corrupted (all entries when it claims to be another client, whose keys it does
             // not have). Those replicas reject the batches carrying it without blaming the
@@ -373,7 +373,7 @@ impl Client {
                         *b ^= 0x55;
                     }
                 }
-                RequestAuth::Macs(macs)
+                RequestAuth::Macs(macs.into())
             }
             // A vector of the wrong length.
             _ => RequestAuth::Macs((0..MAC_BYTES).map(|_| self.rng.gen()).collect()),
@@ -403,14 +403,15 @@ impl Client {
             client: self.id,
             req_seq,
             read_only: false,
-            op: self.random_op(req_seq).encode(),
+            op: self.random_op(req_seq).encode().into(),
         };
         let mut b = a.clone();
         b.op = KvOp::Put(
             b"k0".to_vec(),
             format!("evil{}.{}", self.id, now_ms).into_bytes(),
         )
-        .encode();
+        .encode()
+        .into();
         let (sa, sb) = (self.sign(a.clone()), self.sign(b.clone()));
         let (ba, bb) = (encode(&sa), encode(&sb));
         for to in 0..self.params.n {
@@ -441,7 +442,7 @@ impl Client {
                 client: self.id,
                 req_seq,
                 read_only: false,
-                op: self.random_op(req_seq).encode(),
+                op: self.random_op(req_seq).encode().into(),
             };
             let bytes = encode(&self.sign(request.clone()));
             self.send_all(&bytes, Some(&request), out);

@@ -12,9 +12,9 @@ fn request(i: u64) -> SignedRequest {
             client: i,
             req_seq: i,
             read_only: false,
-            op: vec![7; 64],
+            op: vec![7; 64].into(),
         },
-        auth: RequestAuth::Signature(vec![1; 64]),
+        auth: RequestAuth::Signature(vec![1; 64].into()),
     }
 }
 

@@ -25,12 +25,12 @@ fn arb_request() -> impl Strategy<Value = SignedRequest> {
                     client,
                     req_seq,
                     read_only,
-                    op,
+                    op: op.into(),
                 },
                 auth: if macs {
-                    RequestAuth::Macs(auth)
+                    RequestAuth::Macs(auth.into())
                 } else {
-                    RequestAuth::Signature(auth)
+                    RequestAuth::Signature(auth.into())
                 },
             },
         )

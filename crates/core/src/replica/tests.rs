@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::{Replica, Status};
 use crate::auth::{Authenticator, SimAuth};
 use crate::config::{Config, FaultModel};
@@ -38,12 +40,12 @@ fn request(client: u64, req_seq: u64, op: &[u8]) -> SignedRequest {
         client,
         req_seq,
         read_only: false,
-        op: op.to_vec(),
+        op: op.to_vec().into(),
     };
     let sig = SimAuth::new(Principal::Client(client), SEED).sign(&request.signing_bytes());
     SignedRequest {
         request,
-        auth: RequestAuth::Signature(sig),
+        auth: RequestAuth::Signature(sig.into()),
     }
 }
 
@@ -222,7 +224,8 @@ impl Cluster {
                         ..
                     } => {
                         let svc = &mut self.services[to as usize];
-                        let results: Vec<Vec<u8>> = requests.iter().map(|r| r.op.clone()).collect();
+                        let results: Vec<Vec<u8>> =
+                            requests.iter().map(|r| r.op.to_vec()).collect();
                         for op in &results {
                             svc.push(op.clone());
                         }
@@ -720,7 +723,7 @@ fn forged_and_garbage_messages_are_rejected_before_the_engine() {
     );
     // A pre-prepare whose batch holds a badly signed request blames the leader.
     let mut bad = request(1, 1, b"x");
-    bad.auth.bytes_mut()[0] ^= 1;
+    bad.auth.edit_bytes(|b| b[0] ^= 1);
     let batch = vec![bad];
     let pp = Message::PrePrepare(leader_pre_prepare(batch));
     let rej = verify_message(&cfg, a.as_ref(), &pp).unwrap_err();
@@ -745,7 +748,7 @@ fn crash_mode_trusts_replica_signatures_but_checks_structure() {
     assert!(verify_message(&cfg, a.as_ref(), &unsigned).is_ok());
     // Nor a client's authenticator inside the leader's batch: the leader checked it.
     let mut relayed = request(1, 1, b"x");
-    relayed.auth.bytes_mut()[0] ^= 1;
+    relayed.auth.edit_bytes(|b| b[0] ^= 1);
     let pp = Message::PrePrepare(leader_pre_prepare(vec![relayed]));
     assert!(verify_message(&cfg, a.as_ref(), &pp).is_ok());
     // Structure still is: senders in range, leaders, digests.
@@ -773,7 +776,7 @@ fn crash_mode_trusts_replica_signatures_but_checks_structure() {
     let Message::PrePrepare(mut tampered) = pp else {
         unreachable!()
     };
-    tampered.body.batch[0].request.op = b"y".to_vec();
+    tampered.body.batch[0].request.op = Bytes::from_static(b"y");
     assert_eq!(
         verify_message(&cfg, a.as_ref(), &Message::PrePrepare(tampered))
             .unwrap_err()
@@ -789,7 +792,7 @@ fn mac_request(key: u64, client: u64, op: &[u8], n: u32, corrupt: &[ReplicaId]) 
         client,
         req_seq: 1,
         read_only: false,
-        op: op.to_vec(),
+        op: op.to_vec().into(),
     };
     let a = auth(Principal::Client(key));
     let bytes = request.signing_bytes();
@@ -803,7 +806,7 @@ fn mac_request(key: u64, client: u64, op: &[u8], n: u32, corrupt: &[ReplicaId]) 
     }
     SignedRequest {
         request,
-        auth: RequestAuth::Macs(macs),
+        auth: RequestAuth::Macs(macs.into()),
     }
 }
 
@@ -831,7 +834,7 @@ fn mac_vectors_are_checked_on_each_replicas_own_entry() {
     );
     // A vector of the wrong length, and one made with another client's keys.
     let mut short = good.clone();
-    short.auth.bytes_mut().truncate(3 * MAC_BYTES);
+    short.auth.edit_bytes(|b| b.truncate(3 * MAC_BYTES));
     assert_eq!(
         verify_request(&cfg, r(0).as_ref(), &short),
         Err(Reject::BadClientMac)
@@ -1616,9 +1619,9 @@ fn a_fetch_reply_stays_within_half_a_message() {
             client: 1,
             req_seq: 1,
             read_only: false,
-            op: vec![0; 1 << 20],
+            op: vec![0; 1 << 20].into(),
         },
-        auth: RequestAuth::Signature(vec![0; 64]),
+        auth: RequestAuth::Signature(vec![0; 64].into()),
     };
     for seq in 1..=40 {
         r.slots.entry(seq).or_default().committed = Some(crate::message::CommittedBatch {

@@ -818,10 +818,10 @@ mod tests {
             client: client_id(0, 1),
             req_seq: seq,
             read_only: false,
-            op: vec![7],
+            op: vec![7].into(),
         };
         SignedRequest {
-            auth: RequestAuth::Signature(signer.sign(&request.signing_bytes())),
+            auth: RequestAuth::Signature(signer.sign(&request.signing_bytes()).into()),
             request,
         }
     }
