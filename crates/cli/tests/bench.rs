@@ -71,9 +71,10 @@ fn bench_runs_end_to_end_and_writes_results() {
 
 /// Requests authenticated with a MAC per replica: the bench turns `request_macs` on in the
 /// cluster it starts, and every operation completes (the client sends no signatures, so a
-/// replica refusing MAC vectors would leave them all to time out).
+/// replica refusing MAC vectors would leave them all to time out). Run twice (`--repeat 2`):
+/// each run on a cluster of its own, and the median reported.
 #[test]
-fn bench_with_mac_authenticated_requests() {
+fn bench_with_mac_authenticated_requests_repeated() {
     let out = tempfile::tempdir().unwrap();
     let output = Command::new(bin())
         .args([
@@ -92,6 +93,8 @@ fn bench_with_mac_authenticated_requests() {
             "2",
             "--depth",
             "4",
+            "--repeat",
+            "2",
         ])
         .arg("--out")
         .arg(out.path())
@@ -107,7 +110,31 @@ fn bench_with_mac_authenticated_requests() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap())
             .unwrap();
     assert_eq!(json["setup"]["auth"], "mac", "{json}");
-    let run = &json["runs"][0];
-    assert!(run["ops"].as_u64().unwrap() > 0, "{run}");
-    assert_eq!(run["errors"], 0, "{run}");
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{json}");
+    for (i, run) in runs.iter().enumerate() {
+        assert_eq!(run["repeat"], i + 1, "{run}");
+        assert!(run["ops"].as_u64().unwrap() > 0, "{run}");
+        assert_eq!(run["errors"], 0, "{run}");
+    }
+    let replica_0 = |run: &serde_json::Value| {
+        run["cpu"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["process"] == "replica-0")
+            .map(|c| c["pid"].clone())
+            .unwrap_or_else(|| panic!("no replica-0 CPU in {run}"))
+    };
+    assert_ne!(
+        replica_0(&runs[0]),
+        replica_0(&runs[1]),
+        "each repetition starts its own cluster"
+    );
+    let medians = json["medians"].as_array().unwrap();
+    assert_eq!(medians.len(), 1, "{json}");
+    assert_eq!(medians[0]["runs"], 2);
+    assert!(stdout.contains("medians:"), "{stdout}");
+    let csv = std::fs::read_to_string(out.path().join("medians.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
 }

@@ -97,6 +97,11 @@ pub struct BenchArgs {
     /// Run once per client count (`1,2,4,8`) and plot throughput against latency.
     #[arg(long, value_delimiter = ',', value_name = "CLIENTS,...")]
     pub sweep: Vec<u32>,
+    /// Run every client count this many times, each time on a freshly started cluster (a
+    /// `--cluster` is reused), and report the median run of each (`medians.csv`, the table's
+    /// second part, `medians` in results.json; a sweep's plot draws the medians).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub repeat: u32,
     /// Operation timeout in milliseconds (a timed-out operation counts as an error).
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
@@ -120,6 +125,8 @@ pub struct Plan {
     pub target: Target,
     /// Client count of each run.
     pub points: Vec<u32>,
+    /// Runs of every client count (`--repeat`).
+    pub repeat: u32,
     pub workload: load::Workload,
     pub duration: Duration,
     pub warmup: Duration,
@@ -133,6 +140,8 @@ pub struct Plan {
 const DEPTH_MAX: u32 = 16_384;
 /// Largest `--clients` (each is a set of connections to every replica).
 const CLIENTS_MAX: u32 = 1024;
+/// Largest `--repeat`.
+const REPEAT_MAX: u32 = 100;
 
 impl Plan {
     /// Check the options; `now` names the default output directory.
@@ -210,6 +219,9 @@ impl Plan {
         if args.duration.is_zero() {
             return Err("--duration must be longer than 0".into());
         }
+        if !(1..=REPEAT_MAX).contains(&args.repeat) {
+            return Err(format!("--repeat must be in 1..={REPEAT_MAX}"));
+        }
         if args.timeout_ms == 0 {
             return Err("--timeout-ms must be at least 1".into());
         }
@@ -227,6 +239,7 @@ impl Plan {
         Ok(Plan {
             target,
             points,
+            repeat: args.repeat,
             workload: load::Workload {
                 payload: args.payload,
                 read_ratio: args.read_ratio,
@@ -311,6 +324,52 @@ fn utc_stamp(t: SystemTime) -> String {
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
     let plan = Plan::from_args(&args, SystemTime::now())?;
+    let rt = crate::runtime()?;
+    let mut runs = Vec::new();
+    let mut setup = None;
+    let mut result = Ok(());
+    for repeat in 1..=plan.repeat {
+        if plan.repeat > 1 {
+            eprintln!("bench: run {repeat} of {}", plan.repeat);
+        }
+        match run_repeat(&plan, &rt, repeat, &mut setup, &mut runs) {
+            Ok(()) => {}
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    drop(rt);
+    if let (Some(setup), false) = (setup, runs.is_empty()) {
+        let title = format!(
+            "shieldwall {} n={}, {} B values, {:.0}% reads",
+            setup.fault_model,
+            setup.replicas,
+            setup.payload_bytes,
+            setup.read_ratio * 100.0
+        );
+        let medians = report::medians(&runs);
+        let report = Report {
+            setup,
+            runs,
+            medians,
+        };
+        print!("{}", report.table());
+        write_results(&plan, &report, &title)?;
+    }
+    result
+}
+
+/// Every client count once, on a cluster started for this repetition (or the given one);
+/// describes the setup on the first call.
+fn run_repeat(
+    plan: &Plan,
+    rt: &tokio::runtime::Runtime,
+    repeat: u32,
+    setup: &mut Option<Setup>,
+    runs: &mut Vec<RunResult>,
+) -> Result<(), String> {
     let (local, cluster, cluster_name) = match &plan.target {
         Target::Local(spec) => {
             let local = LocalCluster::start(spec)?;
@@ -323,7 +382,52 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             file.display().to_string(),
         ),
     };
-    plan.check_cluster(&cluster)?;
+    let result = (|| {
+        plan.check_cluster(&cluster)?;
+        if setup.is_none() {
+            *setup = Some(describe(plan, &cluster, cluster_name, local.is_some())?);
+        }
+        rt.block_on(async {
+            tokio::select! {
+                r = async {
+                    if let Some(l) = &local {
+                        l.wait_ready().await?;
+                    }
+                    for (i, &clients) in plan.points.iter().enumerate() {
+                        let mut label = format!("{clients} clients");
+                        if plan.points.len() > 1 {
+                            label = format!("[{}/{}] {label}", i + 1, plan.points.len());
+                        }
+                        if plan.repeat > 1 {
+                            label = format!("run {repeat}/{} {label}", plan.repeat);
+                        }
+                        let mut run =
+                            bench_one(plan, &cluster, local.as_ref(), clients, &label).await?;
+                        run.repeat = repeat;
+                        if let Some(e) = &run.first_error {
+                            eprintln!("bench: {label}: {} errors, the first: {e}", run.errors);
+                        }
+                        runs.push(run);
+                    }
+                    Ok::<(), String>(())
+                } => r,
+                _ = crate::shutdown_signal() => Err("interrupted".to_string()),
+            }
+        })
+    })();
+    if let Some(l) = &local {
+        l.stop(Duration::from_secs(5));
+    }
+    result
+}
+
+/// Create the output directory and say what is measured.
+fn describe(
+    plan: &Plan,
+    cluster: &ClusterConfig,
+    cluster_name: String,
+    started_here: bool,
+) -> Result<Setup, String> {
     std::fs::create_dir_all(&plan.out)
         .map_err(|e| format!("cannot create {}: {e}", plan.out.display()))?;
     let p = &cluster.protocol;
@@ -349,11 +453,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         setup.replicas,
         setup.fault_model,
         setup.durability,
-        if local.is_some() {
-            " (started here)"
-        } else {
-            ""
-        },
+        if started_here { " (started here)" } else { "" },
         setup.payload_bytes,
         setup.read_ratio * 100.0,
         match plan.workload.rate {
@@ -364,49 +464,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             ),
         }
     );
-
-    let mut runs = Vec::new();
-    let rt = crate::runtime()?;
-    let result = rt.block_on(async {
-        tokio::select! {
-            r = async {
-                if let Some(l) = &local {
-                    l.wait_ready().await?;
-                }
-                for (i, &clients) in plan.points.iter().enumerate() {
-                    let label = if plan.points.len() > 1 {
-                        format!("[{}/{}] {clients} clients", i + 1, plan.points.len())
-                    } else {
-                        format!("{clients} clients")
-                    };
-                    let run = bench_one(&plan, &cluster, local.as_ref(), clients, &label).await?;
-                    if let Some(e) = &run.first_error {
-                        eprintln!("bench: {label}: {} errors, the first: {e}", run.errors);
-                    }
-                    runs.push(run);
-                }
-                Ok::<(), String>(())
-            } => r,
-            _ = crate::shutdown_signal() => Err("interrupted".to_string()),
-        }
-    });
-    drop(rt);
-    if let Some(l) = &local {
-        l.stop(Duration::from_secs(5));
-    }
-    if !runs.is_empty() {
-        let title = format!(
-            "shieldwall {} n={}, {} B values, {:.0}% reads",
-            setup.fault_model,
-            setup.replicas,
-            setup.payload_bytes,
-            setup.read_ratio * 100.0
-        );
-        let report = Report { setup, runs };
-        print!("{}", report.table());
-        write_results(&plan, &report, &title)?;
-    }
-    result
+    Ok(setup)
 }
 
 fn write_results(plan: &Plan, report: &Report, title: &str) -> Result<(), String> {
@@ -419,9 +477,28 @@ fn write_results(plan: &Plan, report: &Report, title: &str) -> Result<(), String
     let json = write("results.json", &report.json()?)?;
     println!("results: {}", csv.display());
     println!("         {}", json.display());
+    if let Some(medians) = report.medians_csv() {
+        println!("         {}", write("medians.csv", &medians)?.display());
+    }
     if plan.points.len() > 1 {
         let svg = plan.out.join("throughput-latency.svg");
-        plot::throughput_latency_svg(&svg, title, &report.runs)?;
+        // With repetitions, each client count's median run.
+        let plotted: Vec<RunResult> = if report.medians.is_empty() {
+            report.runs.clone()
+        } else {
+            report
+                .medians
+                .iter()
+                .filter_map(|m| {
+                    report
+                        .runs
+                        .iter()
+                        .find(|r| r.clients == m.clients && r.repeat == m.median_repeat)
+                        .cloned()
+                })
+                .collect()
+        };
+        plot::throughput_latency_svg(&svg, title, &plotted)?;
         println!("plot:    {}", svg.display());
     }
     Ok(())
@@ -537,6 +614,7 @@ async fn bench_one(
     let duration_s = plan.duration.as_secs_f64();
     Ok(RunResult {
         clients,
+        repeat: 1,
         depth: w.depth,
         rate_ops_s: w.rate,
         duration_s,
@@ -648,6 +726,7 @@ mod tests {
     fn defaults() {
         let p = plan(&[]).unwrap();
         assert_eq!(p.points, vec![1]);
+        assert_eq!(p.repeat, 1);
         assert_eq!(p.workload.depth, 16);
         assert_eq!(p.workload.payload, 64);
         assert_eq!(p.workload.rate, None);
@@ -685,9 +764,12 @@ mod tests {
             "500ms",
             "--first-key",
             "2",
+            "--repeat",
+            "3",
         ])
         .unwrap();
         assert_eq!(p.points, vec![1, 2, 8]);
+        assert_eq!(p.repeat, 3);
         assert_eq!(p.workload.rate, Some(500.0));
         assert_eq!(p.warmup, Duration::from_millis(500));
         match p.target {
@@ -707,6 +789,8 @@ mod tests {
         assert!(both.unwrap_err().contains("--replicas, --mode"));
         assert!(plan(&["--clients", "2", "--sweep", "1,2"]).is_err());
         assert!(plan(&["--sweep", "1,0"]).is_err());
+        assert!(plan(&["--repeat", "0"]).is_err());
+        assert!(plan(&["--repeat", "101"]).is_err());
         assert!(plan(&["--depth", "0"]).is_err());
         assert!(plan(&["--rate", "0"]).is_err());
         assert!(plan(&["--rate", "-5"]).is_err());

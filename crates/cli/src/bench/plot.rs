@@ -82,6 +82,7 @@ mod tests {
     fn writes_an_svg() {
         let run = |clients, tput, p50, p99| RunResult {
             clients,
+            repeat: 1,
             depth: 1,
             rate_ops_s: None,
             duration_s: 1.0,

@@ -65,6 +65,8 @@ impl ProcessCpu {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunResult {
     pub clients: u32,
+    /// Which repetition of this client count (1-based; `--repeat`).
+    pub repeat: u32,
     pub depth: u32,
     /// Open loop: the offered rate in operations per second; `None` for a closed loop.
     pub rate_ops_s: Option<f64>,
@@ -104,11 +106,60 @@ pub struct Setup {
     pub cores: usize,
 }
 
-/// `results.json`: the setup and every run.
+/// The median over the repetitions of one client count.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MedianResult {
+    pub clients: u32,
+    /// Repetitions it is the median of.
+    pub runs: u32,
+    /// The median throughput: that of the run in the middle when the runs are sorted by
+    /// throughput (the lower of the two middle ones for an even count, so it is a real run).
+    pub throughput_ops_s: f64,
+    pub throughput_min_ops_s: f64,
+    pub throughput_max_ops_s: f64,
+    /// The repetition that run was; the latencies below are its own.
+    pub median_repeat: u32,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// For every client count that ran more than once, in first-run order: the median run.
+pub fn medians(runs: &[RunResult]) -> Vec<MedianResult> {
+    let mut counts: Vec<u32> = Vec::new();
+    for r in runs {
+        if !counts.contains(&r.clients) {
+            counts.push(r.clients);
+        }
+    }
+    counts
+        .into_iter()
+        .filter_map(|clients| {
+            let mut of: Vec<&RunResult> = runs.iter().filter(|r| r.clients == clients).collect();
+            if of.len() < 2 {
+                return None;
+            }
+            of.sort_by(|a, b| a.throughput_ops_s.total_cmp(&b.throughput_ops_s));
+            let m = of[(of.len() - 1) / 2];
+            Some(MedianResult {
+                clients,
+                runs: of.len() as u32,
+                throughput_ops_s: m.throughput_ops_s,
+                throughput_min_ops_s: of[0].throughput_ops_s,
+                throughput_max_ops_s: of[of.len() - 1].throughput_ops_s,
+                median_repeat: m.repeat,
+                p50_ms: m.latency.p50_ms,
+                p99_ms: m.latency.p99_ms,
+            })
+        })
+        .collect()
+}
+
+/// `results.json`: the setup, every run, and the medians of repeated client counts.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
     pub setup: Setup,
     pub runs: Vec<RunResult>,
+    pub medians: Vec<MedianResult>,
 }
 
 fn opt(v: Option<f64>, decimals: usize) -> String {
@@ -141,7 +192,7 @@ impl Report {
         let s = &self.setup;
         let cpu = cpu_columns(&self.runs);
         let mut out = String::from(
-            "fault_model,replicas,durability,auth,payload_bytes,read_ratio,clients,depth,\
+            "fault_model,replicas,durability,auth,payload_bytes,read_ratio,clients,run,depth,\
              rate_ops_s,duration_s,ops,reads,writes,errors,throughput_ops_s,mean_ms,p50_ms,\
              p90_ms,p99_ms,max_ms,batch_size_mean",
         );
@@ -152,7 +203,7 @@ impl Report {
         for r in &self.runs {
             let l = &r.latency;
             out.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3},{}",
+                "{},{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{},{:.1},{:.3},{:.3},{:.3},{:.3},{:.3},{}",
                 s.fault_model,
                 s.replicas,
                 s.durability,
@@ -160,6 +211,7 @@ impl Report {
                 s.payload_bytes,
                 s.read_ratio,
                 r.clients,
+                r.repeat,
                 r.depth,
                 opt(r.rate_ops_s, 1),
                 r.duration_s,
@@ -184,6 +236,31 @@ impl Report {
         out
     }
 
+    /// `medians.csv`: a header and one row per repeated client count; `None` if none was.
+    pub fn medians_csv(&self) -> Option<String> {
+        if self.medians.is_empty() {
+            return None;
+        }
+        let mut out = String::from(
+            "clients,runs,throughput_ops_s,throughput_min_ops_s,throughput_max_ops_s,\
+             median_run,p50_ms,p99_ms\n",
+        );
+        for m in &self.medians {
+            out.push_str(&format!(
+                "{},{},{:.1},{:.1},{:.1},{},{:.3},{:.3}\n",
+                m.clients,
+                m.runs,
+                m.throughput_ops_s,
+                m.throughput_min_ops_s,
+                m.throughput_max_ops_s,
+                m.median_repeat,
+                m.p50_ms,
+                m.p99_ms
+            ));
+        }
+        Some(out)
+    }
+
     /// `results.json`.
     pub fn json(&self) -> Result<String, String> {
         serde_json::to_string_pretty(self).map_err(|e| e.to_string())
@@ -192,8 +269,12 @@ impl Report {
     /// The table printed at the end: one row per run, latencies in ms, CPU in µs per op.
     pub fn table(&self) -> String {
         let cpu = cpu_columns(&self.runs);
-        let mut header = vec![
-            "clients".to_string(),
+        let repeated = self.runs.iter().any(|r| r.repeat > 1);
+        let mut header = vec!["clients".to_string()];
+        if repeated {
+            header.push("run".into());
+        }
+        header.extend([
             "depth".into(),
             "rate".into(),
             "ops".into(),
@@ -204,13 +285,16 @@ impl Report {
             "p99 ms".into(),
             "max ms".into(),
             "batch".into(),
-        ];
+        ]);
         header.extend(cpu.iter().map(|c| format!("{c} µs/op")));
         let mut rows = vec![header];
         for r in &self.runs {
             let l = &r.latency;
-            let mut row = vec![
-                r.clients.to_string(),
+            let mut row = vec![r.clients.to_string()];
+            if repeated {
+                row.push(r.repeat.to_string());
+            }
+            row.extend([
                 r.depth.to_string(),
                 r.rate_ops_s
                     .map_or_else(|| "closed".to_string(), |v| format!("{v:.0}")),
@@ -223,28 +307,60 @@ impl Report {
                 format!("{:.2}", l.max_ms),
                 r.batch_size_mean
                     .map_or_else(|| "-".to_string(), |b| format!("{b:.1}")),
-            ];
+            ]);
             row.extend(
                 cpu.iter()
                     .map(|c| cpu_of(r, c).map_or_else(|| "-".to_string(), |v| format!("{v:.0}"))),
             );
             rows.push(row);
         }
-        let widths: Vec<usize> = (0..rows[0].len())
-            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-            .collect();
-        let mut out = String::new();
-        for row in &rows {
-            let cells: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:>w$}"))
-                .collect();
-            out.push_str(cells.join("  ").trim_end());
-            out.push('\n');
+        let mut out = aligned(&rows);
+        if !self.medians.is_empty() {
+            let mut rows = vec![vec![
+                "clients".to_string(),
+                "runs".into(),
+                "median ops/s".into(),
+                "min ops/s".into(),
+                "max ops/s".into(),
+                "median run".into(),
+                "its p50 ms".into(),
+                "its p99 ms".into(),
+            ]];
+            rows.extend(self.medians.iter().map(|m| {
+                vec![
+                    m.clients.to_string(),
+                    m.runs.to_string(),
+                    format!("{:.0}", m.throughput_ops_s),
+                    format!("{:.0}", m.throughput_min_ops_s),
+                    format!("{:.0}", m.throughput_max_ops_s),
+                    m.median_repeat.to_string(),
+                    format!("{:.2}", m.p50_ms),
+                    format!("{:.2}", m.p99_ms),
+                ]
+            }));
+            out.push_str("medians:\n");
+            out.push_str(&aligned(&rows));
         }
         out
     }
+}
+
+/// Rows of cells as right-aligned columns.
+fn aligned(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -258,6 +374,7 @@ mod tests {
         }
         let run = RunResult {
             clients: 2,
+            repeat: 1,
             depth: 4,
             rate_ops_s: None,
             duration_s: 2.0,
@@ -289,7 +406,86 @@ mod tests {
                 cores: 2,
             },
             runs: vec![run],
+            medians: Vec::new(),
         }
+    }
+
+    /// `sample_report` with client count 2 run three times (throughputs 500, 300, 700) and
+    /// client count 4 once.
+    fn repeated_report() -> Report {
+        let mut r = sample_report();
+        let one = r.runs[0].clone();
+        r.runs = [
+            (2, 1, 500.0, 5.0),
+            (2, 2, 300.0, 9.0),
+            (2, 3, 700.0, 3.0),
+            (4, 1, 900.0, 4.0),
+        ]
+        .into_iter()
+        .map(|(clients, repeat, ops_s, p50)| RunResult {
+            clients,
+            repeat,
+            throughput_ops_s: ops_s,
+            latency: Latency {
+                p50_ms: p50,
+                ..one.latency.clone()
+            },
+            ..one.clone()
+        })
+        .collect();
+        r.medians = medians(&r.runs);
+        r
+    }
+
+    #[test]
+    fn median_is_the_middle_run_and_single_runs_have_none() {
+        let r = repeated_report();
+        assert_eq!(r.medians.len(), 1, "client count 4 ran once");
+        let m = &r.medians[0];
+        assert_eq!((m.clients, m.runs), (2, 3));
+        assert_eq!(m.throughput_ops_s, 500.0);
+        assert_eq!(
+            (m.throughput_min_ops_s, m.throughput_max_ops_s),
+            (300.0, 700.0)
+        );
+        assert_eq!(
+            (m.median_repeat, m.p50_ms),
+            (1, 5.0),
+            "latencies of the median run"
+        );
+        // An even count takes the lower middle run, a real one.
+        let two = medians(&r.runs[..2]);
+        assert_eq!((two[0].throughput_ops_s, two[0].median_repeat), (300.0, 2));
+        assert!(medians(&r.runs[3..]).is_empty());
+    }
+
+    #[test]
+    fn repeated_runs_in_table_and_csv() {
+        let r = repeated_report();
+        let t = r.table();
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].split_whitespace().nth(1) == Some("run"), "{t}");
+        assert_eq!(lines.len(), 1 + 4 + 1 + 1 + 1, "{t}");
+        assert_eq!(lines[5], "medians:");
+        assert!(lines[7].contains("500") && lines[7].contains("300") && lines[7].contains("700"));
+        let csv = r.medians_csv().unwrap();
+        assert_eq!(csv.lines().count(), 2);
+        assert!(csv
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("2,3,500.0,300.0,700.0,1,5.000,"));
+        let runs = r.csv();
+        let header: Vec<&str> = runs.lines().next().unwrap().split(',').collect();
+        let at = header.iter().position(|h| *h == "run").unwrap();
+        let repeats: Vec<&str> = runs
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(at).unwrap())
+            .collect();
+        assert_eq!(repeats, ["1", "2", "3", "1"]);
+        assert!(sample_report().medians_csv().is_none());
+        assert!(!sample_report().table().contains(" run "));
     }
 
     #[test]
