@@ -750,6 +750,12 @@ fn durable_replica_with_a_wiped_data_directory_rejoins_by_state_transfer() {
         let starts_before = c.log(3).matches("replica started").count();
         c.start(3);
         c.wait_ready(&[3]);
+        // Its status can answer before the start line reaches the log file.
+        wait_for(
+            "replica 3 to log its start",
+            Duration::from_secs(30),
+            || c.log(3).matches("replica started").count() > starts_before,
+        );
         let log = c.log(3);
         let start_line = log
             .lines()

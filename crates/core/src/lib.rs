@@ -33,7 +33,7 @@ pub use message::{
     PieceInfo, PrePrepare, PreparedCert, Record, Reply, Request, RequestAuth, Signed,
     SignedRequest, StateSnapshot, ViewChange, Vote, MAC_BYTES,
 };
-pub use replica::{compute_new_view, RecoverError, Replica, Stats, Status};
+pub use replica::{compute_new_view, RecoverError, Replica, SettledVotes, Stats, Status};
 pub use types::{ClientId, Digest, Principal, ReplicaId, Seq, View};
 
 /// An input to [`Replica::handle`].

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub rejected: Family<Labels, Counter>,
     /// Frames dropped because a bounded queue was full, by queue.
     pub dropped: Family<Labels, Counter>,
+    /// Votes dropped before their signature check because they could no longer change
+    /// anything (their slot already prepared or committed here).
+    pub votes_settled: Counter,
     /// Bytes received and sent on all connections.
     pub bytes_in: Counter,
     /// Bytes sent.
@@ -118,6 +121,7 @@ impl Metrics {
             client_connections: Gauge::default(),
             rejected: Family::default(),
             dropped: Family::default(),
+            votes_settled: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             request_latency: Histogram::new(exponential_buckets(50e-6, 2.0, 18)),
@@ -262,6 +266,11 @@ impl Metrics {
             "storage_syncs",
             "Write-ahead log syncs (one fsync per group of records)",
             m.storage_syncs.clone(),
+        );
+        r.register(
+            "votes_settled",
+            "Votes dropped unchecked: their slot was already prepared or committed here",
+            m.votes_settled.clone(),
         );
         r.register(
             "storage_records",

@@ -704,6 +704,11 @@ impl World {
                 return;
             }
         };
+        // As the runtime's verify pool does: votes that can no longer change anything are
+        // dropped before their signature is checked.
+        if replica.settled_votes().covers(&message) {
+            return;
+        }
         match verify_message(&self.cfg, node.auth.as_ref(), &message) {
             Ok(()) => {
                 if self.params.trace {

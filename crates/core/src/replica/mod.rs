@@ -79,6 +79,43 @@ pub(crate) struct Slot {
     pub(crate) committed: Option<crate::message::CommittedBatch>,
 }
 
+/// Which votes can no longer change anything at a replica: PREPAREs of `view` for sequence
+/// numbers in `executed + 1 ..= prepared` (those slots are prepared in `view`: the replica
+/// has cast its commit), and COMMITs of `view` up to `committed` (those slots are committed or
+/// executed here; a commit only ever counts towards this replica's own commit decision). The
+/// runtime drops them before checking their signatures ([`Replica::settled_votes`]); the
+/// engine would only store them.
+///
+/// PREPAREs for executed slots are not covered: after a view change the new leader
+/// re-proposes slots above the stable checkpoint, and a replica that executed one must
+/// prepare it again in the new view to send the commit the others may need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SettledVotes {
+    /// The replica's current view.
+    pub view: View,
+    /// Its last executed sequence number.
+    pub executed: Seq,
+    /// Every slot in `executed + 1 ..= prepared` is prepared in `view`.
+    pub prepared: Seq,
+    /// Every slot up to this one is committed or executed.
+    pub committed: Seq,
+}
+
+impl SettledVotes {
+    /// Whether `message` is a vote these settle (it cannot change the replica's state).
+    pub fn covers(&self, message: &Message) -> bool {
+        match message {
+            Message::Prepare(v) => {
+                v.body.view == self.view
+                    && v.body.seq > self.executed
+                    && v.body.seq <= self.prepared
+            }
+            Message::Commit(v) => v.body.view == self.view && v.body.seq <= self.committed,
+            _ => false,
+        }
+    }
+}
+
 /// A pending client request.
 #[derive(Clone, Debug)]
 pub(crate) struct Pending {
@@ -517,6 +554,37 @@ impl Replica {
             key,
             record,
         });
+    }
+
+    /// The votes that can no longer change this replica's state (see [`SettledVotes`]): of
+    /// the slots after the last executed one, the contiguous run prepared in the current view
+    /// and the contiguous run committed. Costs a walk over those runs.
+    pub fn settled_votes(&self) -> SettledVotes {
+        let mut settled = SettledVotes {
+            view: self.view,
+            executed: self.last_executed,
+            prepared: self.last_executed,
+            committed: self.last_executed,
+        };
+        let (mut preparing, mut committing) = (true, true);
+        for (&seq, slot) in self.slots.range(self.last_executed + 1..) {
+            preparing &= seq == settled.prepared + 1
+                && slot
+                    .prepared_cert
+                    .as_ref()
+                    .is_some_and(|c| c.pre_prepare.body.view == self.view);
+            committing &= seq == settled.committed + 1 && slot.committed.is_some();
+            if preparing {
+                settled.prepared = seq;
+            }
+            if committing {
+                settled.committed = seq;
+            }
+            if !preparing && !committing {
+                break;
+            }
+        }
+        settled
     }
 
     /// Outputs waiting for records to become durable (for metrics; bounded by what arrives

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Replica, Status};
+use super::{Replica, SettledVotes, Status};
 use crate::auth::{Authenticator, SimAuth};
 use crate::config::{Config, FaultModel};
 use crate::message::{
@@ -406,6 +406,84 @@ fn follower_prepares_a_valid_pre_prepare() {
             message: Message::Prepare(prepare)
         }]
     );
+}
+
+/// A vote signed by replica `from`.
+fn signed_vote(from: ReplicaId, phase: Phase, vote: Vote) -> Signed<Vote> {
+    let signer = SimAuth::new(Principal::Replica(from), SEED);
+    Signed {
+        from,
+        body: vote,
+        sig: signer.sign(&vote_signing_bytes(phase, &vote)),
+    }
+}
+
+#[test]
+fn settled_votes_follow_prepared_and_committed_slots_and_change_nothing() {
+    let cfg = config(4, FaultModel::Byzantine);
+    let mut r = Replica::new(cfg, 1, auth(Principal::Replica(1))).unwrap();
+    let pp = leader_pre_prepare(vec![request(1, 1, b"x")]);
+    let vote = Vote {
+        view: 0,
+        seq: 1,
+        batch_digest: pp.body.batch_digest,
+    };
+    let mut out = Vec::new();
+    r.handle(0, Event::Message(Message::PrePrepare(pp)), &mut out);
+    let none = SettledVotes::default();
+    assert_eq!(r.settled_votes(), none);
+    let prepare = |from| Message::Prepare(signed_vote(from, Phase::Prepare, vote));
+    let commit = |from| Message::Commit(signed_vote(from, Phase::Commit, vote));
+    // Prepared: the pre-prepare and 2f = 2 prepares, this replica's own and one more.
+    r.handle(0, Event::Message(prepare(2)), &mut out);
+    let settled = r.settled_votes();
+    assert_eq!((settled.prepared, settled.committed), (1, 0));
+    assert!(settled.covers(&prepare(3)) && !settled.covers(&commit(3)));
+    // Another view's votes and a later slot's are not covered.
+    let other_view = Vote { view: 1, ..vote };
+    assert!(!settled.covers(&Message::Prepare(signed_vote(
+        2,
+        Phase::Prepare,
+        other_view
+    ))));
+    let later = Vote { seq: 2, ..vote };
+    assert!(!settled.covers(&Message::Prepare(signed_vote(2, Phase::Prepare, later))));
+    // The vote the runtime would drop changes nothing.
+    out.clear();
+    r.handle(0, Event::Message(prepare(3)), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(r.settled_votes(), settled);
+
+    // Committed: 2f + 1 = 3 commits, this replica's own (sent once prepared) and two more.
+    r.handle(0, Event::Message(commit(2)), &mut out);
+    assert_eq!(r.settled_votes(), settled, "two commits of three");
+    r.handle(0, Event::Message(commit(3)), &mut out);
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::Execute { seq: 1, .. })),
+        "{out:?}"
+    );
+    let settled = r.settled_votes();
+    assert_eq!((settled.prepared, settled.committed), (1, 1));
+    assert!(settled.covers(&commit(0)));
+    out.clear();
+    r.handle(0, Event::Message(commit(0)), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    // Executed: commits stay settled, prepares do not (a new view's leader may re-propose
+    // the slot, and this replica must prepare it again to send its commit).
+    r.handle(
+        0,
+        Event::Executed {
+            seq: 1,
+            results: vec![b"ok".to_vec()],
+            snapshot: None,
+        },
+        &mut out,
+    );
+    let settled = r.settled_votes();
+    assert_eq!(settled.executed, 1);
+    assert!(settled.covers(&commit(0)));
+    assert!(!settled.covers(&prepare(3)));
 }
 
 #[test]

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use shieldwall_core::{Action, ClientId, Event, Replica, Reply, Request, Status};
+use shieldwall_core::{Action, ClientId, Event, Replica, Reply, Request, SettledVotes, Status};
 use shieldwall_wire::Frame;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info};
 
-use super::conn::{ClientRouter, PeerLinks};
+use super::conn::{ClientRouter, PeerLinks, SettledCell};
 use super::storage::StorageJob;
 use super::{ReplicaStatus, StatusCell};
 use crate::metrics::Metrics;
@@ -103,6 +103,8 @@ pub(crate) struct CoreThread {
     /// Actions to carry out before the first input ([`Replica::recover`]'s restore,
     /// re-executions and re-sent votes).
     pub initial: Vec<Action>,
+    /// Where the verify pool reads which votes it may drop unchecked.
+    pub settled: Arc<SettledCell>,
 }
 
 impl CoreThread {
@@ -111,6 +113,7 @@ impl CoreThread {
         let mut arrivals: HashMap<(ClientId, u64), Instant> = HashMap::new();
         let mut last_publish = Instant::now();
         let mut last_view = self.replica.view();
+        let mut last_settled = SettledVotes::default();
         self.publish();
         loop {
             let now = self.clock.now_ms();
@@ -152,6 +155,11 @@ impl CoreThread {
             }
             for action in actions.drain(..) {
                 self.act(action, &mut arrivals);
+            }
+            let settled = self.replica.settled_votes();
+            if settled != last_settled {
+                last_settled = settled;
+                self.settled.set(settled);
             }
             let view_changed = self.replica.view() != last_view;
             if view_changed {

@@ -498,19 +498,23 @@ impl ReplicaServer {
             None => (None, None),
         };
 
+        let settled = Arc::new(conn::SettledCell::default());
         let verify = {
-            let (protocol, auth, core_tx, metrics) = (
+            let (protocol, auth, core_tx, metrics, settled) = (
                 protocol.clone(),
                 auth.clone(),
                 core_tx.clone(),
                 metrics.clone(),
+                settled.clone(),
             );
             let cache = VerifiedCache::new(VERIFIED_CACHE_ENTRIES);
             BatchPool::new(
                 &format!("replica-{id}-verify"),
                 options.verify_threads,
                 256,
-                move |jobs| conn::verify_jobs(jobs, &protocol, &auth, &cache, &core_tx, &metrics),
+                move |jobs| {
+                    conn::verify_jobs(jobs, &protocol, &auth, &cache, &settled, &core_tx, &metrics)
+                },
             )
         };
         let limits = Limits {
@@ -589,6 +593,7 @@ impl ReplicaServer {
             status: status.clone(),
             storage_tx,
             initial,
+            settled,
         };
         let stopping = Arc::new(AtomicBool::new(false));
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
