@@ -359,13 +359,25 @@ impl Replica {
         let view = committed.pre_prepare.view;
         let mut keys = Vec::with_capacity(committed.pre_prepare.batch.len());
         let mut requests = Vec::with_capacity(committed.pre_prepare.batch.len());
-        let mut seen = std::collections::HashSet::with_capacity(committed.pre_prepare.batch.len());
         for r in &committed.pre_prepare.batch {
             let key = (r.request.client, r.request.req_seq);
-            if self.clients.is_new(key.0, key.1) && seen.insert(key) {
+            if self.clients.is_new(key.0, key.1) {
                 keys.push(key);
                 requests.push(r.request.clone());
             }
+        }
+        // A checked batch never holds a request twice (`verify::check_requests`), but nothing
+        // may execute twice whatever reached the engine: keep each key's first occurrence.
+        // Sorting a copy finds repeats with fewer instructions than hashing every key.
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            let mut seen = std::collections::HashSet::with_capacity(keys.len());
+            (keys, requests) = keys
+                .into_iter()
+                .zip(requests)
+                .filter(|(k, _)| seen.insert(*k))
+                .unzip();
         }
         let snapshot = seq.is_multiple_of(self.cfg.checkpoint_interval);
         self.in_flight = Some(InFlight {

@@ -487,6 +487,47 @@ fn settled_votes_follow_prepared_and_committed_slots_and_change_nothing() {
 }
 
 #[test]
+fn a_request_twice_in_a_batch_executes_once() {
+    // The engine is handed the batch directly, as if verification had let it through.
+    let cfg = config(4, FaultModel::Byzantine);
+    let mut r = Replica::new(cfg, 1, auth(Principal::Replica(1))).unwrap();
+    let pp = leader_pre_prepare(vec![
+        request(1, 1, b"x"),
+        request(2, 1, b"y"),
+        request(1, 1, b"x"),
+    ]);
+    let vote = Vote {
+        view: 0,
+        seq: 1,
+        batch_digest: pp.body.batch_digest,
+    };
+    let mut out = Vec::new();
+    r.handle(0, Event::Message(Message::PrePrepare(pp)), &mut out);
+    r.handle(
+        0,
+        Event::Message(Message::Prepare(signed_vote(2, Phase::Prepare, vote))),
+        &mut out,
+    );
+    for from in [2, 3] {
+        r.handle(
+            0,
+            Event::Message(Message::Commit(signed_vote(from, Phase::Commit, vote))),
+            &mut out,
+        );
+    }
+    let executed: Vec<(u64, u64)> = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Execute { requests, .. } => {
+                Some(requests.iter().map(|q| (q.client, q.req_seq)).collect())
+            }
+            _ => None,
+        })
+        .expect("the batch executes");
+    assert_eq!(executed, [(1, 1), (2, 1)]);
+}
+
+#[test]
 fn crash_mode_follower_commits_directly() {
     let cfg = config(3, FaultModel::Crash);
     let mut r = Replica::new(cfg, 2, auth(Principal::Replica(2))).unwrap();
