@@ -332,12 +332,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         if plan.repeat > 1 {
             eprintln!("bench: run {repeat} of {}", plan.repeat);
         }
-        match run_repeat(&plan, &rt, repeat, &mut setup, &mut runs) {
-            Ok(()) => {}
-            Err(e) => {
-                result = Err(e);
-                break;
-            }
+        if let Err(e) = run_repeat(&plan, &rt, repeat, &mut setup, &mut runs) {
+            result = Err(e);
+            break;
         }
     }
     drop(rt);

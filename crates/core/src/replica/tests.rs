@@ -408,6 +408,15 @@ fn follower_prepares_a_valid_pre_prepare() {
     );
 }
 
+/// The vote for `pp`'s proposal.
+fn vote_for(pp: &Signed<PrePrepare>) -> Vote {
+    Vote {
+        view: pp.body.view,
+        seq: pp.body.seq,
+        batch_digest: pp.body.batch_digest,
+    }
+}
+
 /// A vote signed by replica `from`.
 fn signed_vote(from: ReplicaId, phase: Phase, vote: Vote) -> Signed<Vote> {
     let signer = SimAuth::new(Principal::Replica(from), SEED);
@@ -423,11 +432,7 @@ fn settled_votes_follow_prepared_and_committed_slots_and_change_nothing() {
     let cfg = config(4, FaultModel::Byzantine);
     let mut r = Replica::new(cfg, 1, auth(Principal::Replica(1))).unwrap();
     let pp = leader_pre_prepare(vec![request(1, 1, b"x")]);
-    let vote = Vote {
-        view: 0,
-        seq: 1,
-        batch_digest: pp.body.batch_digest,
-    };
+    let vote = vote_for(&pp);
     let mut out = Vec::new();
     r.handle(0, Event::Message(Message::PrePrepare(pp)), &mut out);
     let none = SettledVotes::default();
@@ -496,11 +501,7 @@ fn a_request_twice_in_a_batch_executes_once() {
         request(2, 1, b"y"),
         request(1, 1, b"x"),
     ]);
-    let vote = Vote {
-        view: 0,
-        seq: 1,
-        batch_digest: pp.body.batch_digest,
-    };
+    let vote = vote_for(&pp);
     let mut out = Vec::new();
     r.handle(0, Event::Message(Message::PrePrepare(pp)), &mut out);
     r.handle(
