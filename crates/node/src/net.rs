@@ -30,7 +30,7 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// and redial, resolving the peer's name again.
 pub(crate) const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes a writer gathers from its queue into one write.
-const COALESCE_BYTES: usize = 256 << 10;
+pub(crate) const COALESCE_BYTES: usize = 256 << 10;
 /// Bytes read per syscall (at most).
 const READ_CHUNK: usize = 64 << 10;
 

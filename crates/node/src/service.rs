@@ -20,7 +20,9 @@ pub struct RestoreError(pub String);
 /// checkpoint (their state digests differ) and outvoted, but a bug that makes every replica
 /// diverge halts progress.
 ///
-/// Calls come from one thread, one at a time, in the agreed order.
+/// Calls come one at a time, in the agreed order, but not always from the same thread (the
+/// runtime executes on its core thread when that is idle, on its service thread otherwise;
+/// hence `Send`).
 pub trait Service: Send + 'static {
     /// Execute an ordered operation issued by `client` and return the result bytes sent back
     /// to the client. Must not panic on any input: a Byzantine client can sign any bytes;

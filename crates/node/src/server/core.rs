@@ -18,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info};
 
 use super::conn::{ClientRouter, PeerLinks, SettledCell};
+use super::outbox::Flush;
 use super::storage::StorageJob;
 use super::{ReplicaStatus, StatusCell};
 use crate::metrics::Metrics;
@@ -44,6 +45,46 @@ pub(crate) enum ExecJob {
         seq: u64,
         service: bytes::Bytes,
     },
+}
+
+/// The service, shared by the core thread and the service thread, and how much ordered work
+/// the service thread holds. Both execute ordered batches: the service thread normally, the
+/// core thread itself when it has nothing else to do and the service thread holds no ordered
+/// work (so the order is kept). At one client that saves two thread hand-offs per request (to
+/// the service thread and back); under load the service thread executes while the core orders.
+pub(crate) struct SharedService {
+    service: std::sync::Mutex<Box<dyn Service>>,
+    /// Ordered jobs sent to the service thread and not finished yet.
+    pending: AtomicUsize,
+}
+
+impl SharedService {
+    pub(crate) fn new(service: Box<dyn Service>) -> SharedService {
+        SharedService {
+            service: std::sync::Mutex::new(service),
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Service>> {
+        // A panic inside the service ends its thread, which is fatal for the replica; the
+        // lock is only ever poisoned on the way out.
+        self.service.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Execute an ordered batch: the engine's `Executed` event.
+fn execute(service: &mut dyn Service, seq: u64, requests: &[Request], snapshot: bool) -> Event {
+    let results = requests
+        .iter()
+        .map(|r| service.execute(r.client, &r.op))
+        .collect();
+    let snapshot = snapshot.then(|| service.snapshot());
+    Event::Executed {
+        seq,
+        results,
+        snapshot,
+    }
 }
 
 /// A read-only request for the service thread.
@@ -91,6 +132,7 @@ pub(crate) struct CoreThread {
     pub links: Arc<PeerLinks>,
     pub router: Arc<ClientRouter>,
     pub exec_tx: Sender<ExecJob>,
+    pub service: Arc<SharedService>,
     pub read_tx: Sender<ReadJob>,
     /// Operation bytes of the read-only requests queued for the service.
     pub read_bytes: Arc<AtomicUsize>,
@@ -105,6 +147,8 @@ pub(crate) struct CoreThread {
     pub initial: Vec<Action>,
     /// Where the verify pool reads which votes it may drop unchecked.
     pub settled: Arc<SettledCell>,
+    /// Frames queued while carrying out the actions of one input, sent once they all are.
+    pub flush: Flush,
 }
 
 impl CoreThread {
@@ -153,9 +197,16 @@ impl CoreThread {
                     None => {}
                 }
             }
-            for action in actions.drain(..) {
-                self.act(action, &mut arrivals);
+            // Carrying out an action can give the engine an event (a batch executed here),
+            // whose actions are carried out in the next round.
+            while !actions.is_empty() {
+                for action in std::mem::take(&mut actions) {
+                    self.act(action, &mut arrivals, &mut actions);
+                }
             }
+            // With nothing else to do the core writes its frames itself (no wake-up of a
+            // writer task on their way out); with inputs waiting, the writer tasks coalesce.
+            self.flush.run(self.rx.is_empty());
             let settled = self.replica.settled_votes();
             if settled != last_settled {
                 last_settled = settled;
@@ -182,15 +233,21 @@ impl CoreThread {
         debug!("core thread stopped");
     }
 
-    fn act(&mut self, action: Action, arrivals: &mut HashMap<(ClientId, u64), Instant>) {
+    fn act(
+        &mut self,
+        action: Action,
+        arrivals: &mut HashMap<(ClientId, u64), Instant>,
+        next: &mut Vec<Action>,
+    ) {
         match action {
             Action::Send { to, message } => {
-                self.links.send(to, Frame::Peer(message).encode());
+                self.links
+                    .send(to, Frame::Peer(message).encode(), &mut self.flush);
             }
             Action::Broadcast { message } => {
                 // One encoding (and one signature, done by the engine) shared by every peer.
                 let bytes = Frame::Peer(message).encode();
-                self.links.broadcast(&bytes);
+                self.links.broadcast(&bytes, &mut self.flush);
             }
             Action::Execute {
                 seq,
@@ -198,11 +255,19 @@ impl CoreThread {
                 snapshot,
                 ..
             } => {
-                let _ = self.exec_tx.send(ExecJob::Execute {
-                    seq,
-                    requests,
-                    snapshot,
-                });
+                // Pending work first, then the queue: the service thread queues a batch's
+                // results before it stops counting the batch as pending.
+                if self.service.pending.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
+                    // Idle, and the service thread holds no ordered work: execute here.
+                    let event = execute(self.service.lock().as_mut(), seq, &requests, snapshot);
+                    self.replica.handle(self.clock.now_ms(), event, next);
+                } else {
+                    self.to_executor(ExecJob::Execute {
+                        seq,
+                        requests,
+                        snapshot,
+                    });
+                }
             }
             Action::ExecuteReadOnly { request, view } => {
                 let len = request.op.len();
@@ -222,11 +287,11 @@ impl CoreThread {
                         .request_latency
                         .observe(t.elapsed().as_secs_f64());
                 }
-                self.router.send(&reply);
+                self.router.send(&reply, &mut self.flush);
             }
             Action::Restore { seq, service } => {
                 info!(seq, "installing a snapshot from state transfer");
-                let _ = self.exec_tx.send(ExecJob::Restore { seq, service });
+                self.to_executor(ExecJob::Restore { seq, service });
             }
             Action::Persist {
                 ticket,
@@ -240,6 +305,13 @@ impl CoreThread {
             Action::SaveCheckpoint(snapshot) => {
                 self.to_storage(StorageJob::Checkpoint(Box::new(snapshot)))
             }
+        }
+    }
+
+    fn to_executor(&self, job: ExecJob) {
+        self.service.pending.fetch_add(1, Ordering::AcqRel);
+        if self.exec_tx.send(job).is_err() {
+            self.service.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -307,7 +379,7 @@ impl CoreThread {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_executor(
     id: u32,
-    mut service: Box<dyn Service>,
+    service: Arc<SharedService>,
     exec_rx: Receiver<ExecJob>,
     read_rx: Receiver<ReadJob>,
     read_bytes: Arc<AtomicUsize>,
@@ -326,7 +398,7 @@ pub(crate) fn run_executor(
                         match r {
                             Ok(r) => {
                                 read_bytes.fetch_sub(r.request.op.len(), Ordering::Relaxed);
-                                read(id, service.as_ref(), r, &router)
+                                read(id, service.lock().as_ref(), r, &router)
                             }
                             Err(_) => break,
                         }
@@ -335,36 +407,36 @@ pub(crate) fn run_executor(
                 }
             }
         };
-        match job {
+        let done = match job {
             ExecJob::Execute {
                 seq,
                 requests,
                 snapshot,
             } => {
-                let results = requests
-                    .iter()
-                    .map(|r| service.execute(r.client, &r.op))
-                    .collect();
-                let snapshot = snapshot.then(|| service.snapshot());
-                let event = Event::Executed {
-                    seq,
-                    results,
-                    snapshot,
-                };
-                if core_tx.send(CoreInput::Event(event, None)).is_err() {
-                    break;
-                }
+                let event = execute(service.lock().as_mut(), seq, &requests, snapshot);
+                // The results are queued for the core before the job counts as finished: a
+                // core that sees no pending work and an empty queue has handled them.
+                let sent = core_tx.send(CoreInput::Event(event, None)).is_ok();
+                service.pending.fetch_sub(1, Ordering::AcqRel);
+                sent
             }
             ExecJob::Restore {
                 seq,
                 service: bytes,
             } => {
-                if let Err(e) = service.restore(&bytes) {
+                let restored = service.lock().restore(&bytes);
+                service.pending.fetch_sub(1, Ordering::AcqRel);
+                if let Err(e) = restored {
                     error!(seq, "{e}");
                     let _ = fatal.send(format!("restoring the snapshot at seq {seq}: {e}"));
-                    break;
+                    false
+                } else {
+                    true
                 }
             }
+        };
+        if !done {
+            break;
         }
     }
     debug!("executor thread stopped");
@@ -373,12 +445,18 @@ pub(crate) fn run_executor(
 fn read(id: u32, service: &dyn Service, job: ReadJob, router: &ClientRouter) {
     let r = job.request;
     let result = service.read(r.client, &r.op);
-    router.send(&Reply {
-        view: job.view,
-        replica: id,
-        client: r.client,
-        req_seq: r.req_seq,
-        read_only: true,
-        result,
-    });
+    let mut flush = Flush::default();
+    router.send(
+        &Reply {
+            view: job.view,
+            replica: id,
+            client: r.client,
+            req_seq: r.req_seq,
+            read_only: true,
+            result,
+        },
+        &mut flush,
+    );
+    // Reads are answered one at a time, as they come.
+    flush.run(true);
 }

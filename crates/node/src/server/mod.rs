@@ -8,6 +8,7 @@
 
 mod conn;
 mod core;
+mod outbox;
 mod storage;
 
 use std::collections::HashMap;
@@ -27,7 +28,7 @@ use tokio::sync::Semaphore;
 use tracing::info;
 
 use self::conn::{accept_loop, start_peer_links, ClientRouter, NetContext, PeerLinks, VerifyJob};
-use self::core::{run_executor, Clock, CoreInput, CoreThread, ExecJob, ReadJob};
+use self::core::{run_executor, Clock, CoreInput, CoreThread, ExecJob, ReadJob, SharedService};
 use self::storage::{run_storage, StorageJob, STORAGE_QUEUE_JOBS};
 use crate::config::ClusterConfig;
 use crate::http::{self, HttpContent};
@@ -499,22 +500,21 @@ impl ReplicaServer {
         };
 
         let settled = Arc::new(conn::SettledCell::default());
+        let verifier = Arc::new(conn::Verifier {
+            config: protocol.clone(),
+            auth: auth.clone(),
+            cache: VerifiedCache::new(VERIFIED_CACHE_ENTRIES),
+            settled: settled.clone(),
+            core: core_tx.clone(),
+            metrics: metrics.clone(),
+        });
         let verify = {
-            let (protocol, auth, core_tx, metrics, settled) = (
-                protocol.clone(),
-                auth.clone(),
-                core_tx.clone(),
-                metrics.clone(),
-                settled.clone(),
-            );
-            let cache = VerifiedCache::new(VERIFIED_CACHE_ENTRIES);
+            let verifier = verifier.clone();
             BatchPool::new(
                 &format!("replica-{id}-verify"),
                 options.verify_threads,
                 256,
-                move |jobs| {
-                    conn::verify_jobs(jobs, &protocol, &auth, &cache, &settled, &core_tx, &metrics)
-                },
+                move |jobs| verifier.verify(jobs),
             )
         };
         let limits = Limits {
@@ -531,6 +531,7 @@ impl ReplicaServer {
             n: cluster.n(),
             auth: auth.clone(),
             metrics: metrics.clone(),
+            verifier,
             verify: verify.submitter(),
             router: router.clone(),
             peer_budgets: (0..cluster.n())
@@ -579,6 +580,7 @@ impl ReplicaServer {
         }
 
         let read_bytes = Arc::new(AtomicUsize::new(0));
+        let service = Arc::new(SharedService::new(service));
         let core = CoreThread {
             replica,
             clock,
@@ -586,6 +588,7 @@ impl ReplicaServer {
             links,
             router: router.clone(),
             exec_tx,
+            service: service.clone(),
             read_tx,
             read_bytes: read_bytes.clone(),
             read_bytes_max: limits.read_queue_bytes_max,
@@ -594,6 +597,7 @@ impl ReplicaServer {
             storage_tx,
             initial,
             settled,
+            flush: Default::default(),
         };
         let stopping = Arc::new(AtomicBool::new(false));
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
