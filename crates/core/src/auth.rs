@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use ed25519_consensus::{Signature, SigningKey, VerificationKey};
+use ed25519_zebra::{Signature, SigningKey, VerificationKey};
 use rand_chacha::rand_core::SeedableRng;
 
 use crate::types::{Digest, Principal, ReplicaId};
@@ -112,7 +112,7 @@ impl Authenticator for Ed25519Auth {
     }
 
     fn verify_batch(&self, items: &[VerifyItem<'_>]) -> bool {
-        let mut batch = ed25519_consensus::batch::Verifier::new();
+        let mut batch = ed25519_zebra::batch::Verifier::new();
         // The random linear combination's scalars come from a ChaCha stream seeded with a
         // digest of the whole batch (the core may not read OS randomness): a forger cannot
         // choose signatures after the scalars, because the scalars depend on the signatures.
@@ -131,7 +131,7 @@ impl Authenticator for Ed25519Auth {
                 return false;
             };
             batch.queue((
-                ed25519_consensus::VerificationKeyBytes::from(*vk),
+                ed25519_zebra::VerificationKeyBytes::from(*vk),
                 Signature::from(sig),
                 &i.bytes,
             ));

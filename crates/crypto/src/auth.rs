@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ed25519_consensus::{Signature, VerificationKey, VerificationKeyBytes};
+use ed25519_zebra::{Signature, VerificationKey, VerificationKeyBytes};
 use shieldwall_core::{Authenticator, Principal, VerifyItem};
 
 use crate::keys::{client_key_index, KeyPair, PublicKeys};
@@ -71,7 +71,7 @@ impl Keyring {
 pub struct NodeAuth {
     me: Principal,
     keys: KeyPair,
-    signing: ed25519_consensus::SigningKey,
+    signing: ed25519_zebra::SigningKey,
     keyring: Arc<Keyring>,
     replica_macs: Vec<Option<[u8; 32]>>,
     client_macs: Vec<Option<[u8; 32]>>,
@@ -209,7 +209,7 @@ impl Authenticator for NodeAuth {
         if items.len() == 1 {
             return self.verify(items[0].signer, items[0].bytes, items[0].sig);
         }
-        let mut batch = ed25519_consensus::batch::Verifier::new();
+        let mut batch = ed25519_zebra::batch::Verifier::new();
         for i in items {
             let Some(vk) = self.keyring.verification_key(i.signer) else {
                 return false;

@@ -18,7 +18,7 @@
 use std::fmt;
 use std::path::Path;
 
-use ed25519_consensus::{SigningKey, VerificationKey};
+use ed25519_zebra::{SigningKey, VerificationKey};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -123,7 +123,7 @@ impl KeyPair {
     pub fn public(&self) -> PublicKeys {
         let x = x25519_dalek::StaticSecret::from(self.x25519);
         PublicKeys {
-            ed25519: SigningKey::from(self.ed25519).verification_key().to_bytes(),
+            ed25519: SigningKey::from(self.ed25519).verification_key().into(),
             x25519: x25519_dalek::PublicKey::from(&x).to_bytes(),
         }
     }

@@ -4,7 +4,7 @@
 //!   key files `shieldwall keygen` writes, and their public halves as they appear in a cluster
 //!   file.
 //! - [`auth`]: [`NodeAuth`], the production [`shieldwall_core::Authenticator`]: Ed25519
-//!   signatures (`ed25519-consensus`, whose single and batch verification agree), batch
+//!   signatures (`ed25519-zebra`: ZIP 215 rules, so single and batch verification agree), batch
 //!   verification, and blake3 keyed MACs under pairwise keys derived by X25519.
 //! - [`pool`]: a pool of worker threads that takes jobs in batches, so signature checks run in
 //!   parallel, off the protocol core's thread, and can use batch verification.

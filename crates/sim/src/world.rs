@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
-use ed25519_consensus::VerificationKey;
+use ed25519_zebra::VerificationKey;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shieldwall_core::message::{decode, encode};
