@@ -38,16 +38,17 @@ use shieldwall_core::{
 };
 use shieldwall_crypto::{client_id, KeyPair, NodeAuth, CLIENT_LANES};
 use shieldwall_wire::{decode_reply, Frame, Role};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
 use crate::config::ClusterConfig;
-use crate::net::{handshake, write_loop, FrameReader, Handshake, NetError, HANDSHAKE_FRAME_BYTES};
+use crate::net::{handshake, FrameReader, Handshake, NetError, HANDSHAKE_FRAME_BYTES};
+use crate::outbox::{Outbox, OutboxReceiver};
 
 /// Largest reply frame accepted.
 const REPLY_FRAME_BYTES_MAX: usize = 16 << 20;
-/// Frames queued per replica connection.
+/// Frames queued per replica connection (bytes are bounded by frames times the request limit).
 const LINK_QUEUE_FRAMES: usize = 16_384;
 /// How often the client checks for requests to retransmit.
 const TICK: Duration = Duration::from_millis(20);
@@ -182,7 +183,7 @@ struct Inner {
     auth: NodeAuth,
     state: Mutex<State>,
     room: Notify,
-    links: Vec<mpsc::Sender<Bytes>>,
+    links: Vec<Outbox>,
     connected: Vec<AtomicBool>,
     last_error: Mutex<Vec<Option<String>>>,
     view: AtomicU64,
@@ -247,7 +248,7 @@ impl Client {
         let mut receivers = Vec::with_capacity(n);
         let mut links = Vec::with_capacity(n);
         for _ in 0..n {
-            let (tx, rx) = mpsc::channel(LINK_QUEUE_FRAMES);
+            let (tx, rx) = Outbox::new(LINK_QUEUE_FRAMES, usize::MAX, None);
             links.push(tx);
             receivers.push(rx);
         }
@@ -376,6 +377,7 @@ impl Client {
         let frame = inner.frame(client, seq, read_only, &op);
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
+        let mut alone = false;
         if let Ok(mut st) = inner.state.lock() {
             st.outstanding.insert(
                 (client, seq),
@@ -390,9 +392,12 @@ impl Client {
                     read_deadline: now + inner.options.read_timeout,
                 },
             );
+            alone = st.outstanding.len() == 1;
         }
+        // A lone request is written by this task itself (no wake-up of the link tasks on its
+        // way out); with others outstanding, the link tasks coalesce them into fewer writes.
         for link in &inner.links {
-            let _ = link.try_send(frame.clone());
+            link.send(frame.clone(), alone);
         }
         let result = tokio::time::timeout_at(deadline, rx).await;
         match result {
@@ -548,7 +553,7 @@ impl Inner {
 
     fn send_all(&self, frame: &Bytes) {
         for link in &self.links {
-            let _ = link.try_send(frame.clone());
+            link.send(frame.clone(), false);
         }
     }
 
@@ -579,7 +584,7 @@ impl Inner {
         for (to, frame) in sends {
             match to {
                 Some(i) => {
-                    let _ = self.links[i].try_send(frame);
+                    self.links[i].send(frame, false);
                 }
                 None => self.send_all(&frame),
             }
@@ -617,7 +622,7 @@ async fn link(
     i: ReplicaId,
     address: String,
     cluster: [u8; 32],
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: OutboxReceiver,
 ) {
     let mut backoff = Duration::from_millis(20);
     loop {
@@ -643,18 +648,18 @@ async fn link(
             Ok::<_, NetError>((reader, w))
         };
         match attempt.await {
-            Ok((mut reader, mut w)) => {
+            Ok((mut reader, w)) => {
                 backoff = Duration::from_millis(20);
                 inner.connected[i as usize].store(true, Ordering::Relaxed);
                 if let Ok(mut e) = inner.last_error.lock() {
                     e[i as usize] = None;
                 }
                 for frame in inner.pending_for(i as usize) {
-                    let _ = inner.links[i as usize].try_send(frame);
+                    inner.links[i as usize].send(frame, false);
                 }
                 reader.set_max_frame_bytes(REPLY_FRAME_BYTES_MAX);
                 let result = tokio::select! {
-                    r = write_loop(&mut w, &mut rx, |_| {}) => r,
+                    r = rx.write_into(w) => r,
                     r = read_replies(&inner, i, &mut reader) => r,
                 };
                 inner.connected[i as usize].store(false, Ordering::Relaxed);

@@ -8,6 +8,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 mod net;
+mod outbox;
 pub mod server;
 pub mod service;
 

@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use rand::RngCore;
 use shieldwall_core::{Authenticator, Principal};
 use shieldwall_wire::{
     handshake_signing_bytes, Decoder, Frame, Hello, Proof, Refused, Role, WireError,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 /// Largest frame accepted during a handshake (hello, proof, refusal).
 pub(crate) const HANDSHAKE_FRAME_BYTES: usize = 4096;
@@ -29,8 +28,6 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// (`TCP_USER_TIMEOUT`) or is idle (keepalive probes): links notice, report themselves down
 /// and redial, resolving the peer's name again.
 pub(crate) const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bytes a writer gathers from its queue into one write.
-pub(crate) const COALESCE_BYTES: usize = 256 << 10;
 /// Bytes read per syscall (at most).
 const READ_CHUNK: usize = 64 << 10;
 
@@ -318,54 +315,6 @@ where
     tokio::time::timeout(HANDSHAKE_TIMEOUT, run)
         .await
         .map_err(|_| NetError::HandshakeTimeout)?
-}
-
-/// Write queued frames until the queue closes or a write fails; frames waiting in the queue
-/// are gathered into one write of up to a few hundred KiB. A write that makes no progress for
-/// [`WRITE_TIMEOUT`] fails the connection (a stuck peer must not hold its queue forever).
-pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    rx: &mut mpsc::Receiver<Bytes>,
-    mut on_written: impl FnMut(usize),
-) -> Result<(), NetError> {
-    let mut out = BytesMut::with_capacity(COALESCE_BYTES);
-    while let Some(first) = rx.recv().await {
-        if rx.is_empty() {
-            // Let the tasks that are ready run first: whatever they queue for this link goes
-            // out in the same write (one system call for many frames under load; with nothing
-            // else ready this returns at once).
-            tokio::task::yield_now().await;
-        }
-        let frame = if rx.is_empty() {
-            first
-        } else {
-            out.clear();
-            out.extend_from_slice(&first);
-            while out.len() < COALESCE_BYTES {
-                match rx.try_recv() {
-                    Ok(more) => out.extend_from_slice(&more),
-                    Err(_) => break,
-                }
-            }
-            out.split().freeze()
-        };
-        let mut written = 0;
-        while written < frame.len() {
-            match tokio::time::timeout(WRITE_TIMEOUT, w.write(&frame[written..])).await {
-                Ok(Ok(0)) => return Err(NetError::Truncated),
-                Ok(Ok(n)) => written += n,
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => {
-                    return Err(NetError::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "write made no progress",
-                    )))
-                }
-            }
-        }
-        on_written(frame.len());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

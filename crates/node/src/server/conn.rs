@@ -31,9 +31,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::core::CoreInput;
-use super::outbox::{Flush, Outbox, OutboxReceiver};
 use crate::metrics::Metrics;
 use crate::net::{handshake, FrameReader, Handshake, HANDSHAKE_FRAME_BYTES};
+use crate::outbox::{Flush, Outbox, OutboxReceiver};
 
 /// First and last delay between reconnection attempts to a peer.
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
@@ -377,7 +377,7 @@ pub(crate) fn start_peer_links(ctx: &Arc<NetContext>, addresses: &[String]) -> P
             let (out, rx) = Outbox::new(
                 ctx.limits.peer_queue_frames,
                 ctx.limits.peer_queue_bytes_max,
-                ctx.metrics.clone(),
+                Some(ctx.metrics.bytes_out.clone()),
             );
             let connected = Arc::new(AtomicBool::new(false));
             tokio::spawn(dial_peer(
@@ -617,7 +617,7 @@ async fn client_connection(
     let (out, mut rx) = Outbox::new(
         ctx.limits.client_queue_frames,
         ctx.limits.client_queue_bytes_max,
-        ctx.metrics.clone(),
+        Some(ctx.metrics.bytes_out.clone()),
     );
     let conn = ctx.router.register(key, out);
     ctx.metrics.client_connections.inc();

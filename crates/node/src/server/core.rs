@@ -18,10 +18,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info};
 
 use super::conn::{ClientRouter, PeerLinks, SettledCell};
-use super::outbox::Flush;
 use super::storage::StorageJob;
 use super::{ReplicaStatus, StatusCell};
 use crate::metrics::Metrics;
+use crate::outbox::Flush;
 use crate::service::Service;
 
 /// An input for the core thread.

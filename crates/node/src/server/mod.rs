@@ -8,7 +8,6 @@
 
 mod conn;
 mod core;
-mod outbox;
 mod storage;
 
 use std::collections::HashMap;

@@ -19,9 +19,12 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
-use crate::metrics::Metrics;
-use crate::net::{NetError, COALESCE_BYTES, WRITE_TIMEOUT};
+use prometheus_client::metrics::counter::Counter;
 
+use crate::net::{NetError, WRITE_TIMEOUT};
+
+/// The most bytes the writer task puts in one write.
+const COALESCE_BYTES: usize = 256 << 10;
 /// The most frames one direct write takes (a vectored write; the rest waits for the writer).
 const DIRECT_FRAMES_MAX: usize = 64;
 
@@ -43,7 +46,8 @@ struct Shared {
     wake: Notify,
     frames_max: usize,
     bytes_max: usize,
-    metrics: Arc<Metrics>,
+    /// Counts the bytes written, if given.
+    bytes_out: Option<Counter>,
 }
 
 impl State {
@@ -66,6 +70,12 @@ impl State {
 }
 
 impl Shared {
+    fn written(&self, n: usize) {
+        if let Some(c) = &self.bytes_out {
+            c.inc_by(n as u64);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the queue consistent (every change is a
         // single push or pop), so a poisoned lock is still usable.
@@ -86,17 +96,19 @@ pub(crate) struct OutboxReceiver {
 }
 
 impl Outbox {
+    /// An outbox holding at most `frames_max` frames and `bytes_max` bytes; `bytes_out`
+    /// counts what is written.
     pub(crate) fn new(
         frames_max: usize,
         bytes_max: usize,
-        metrics: Arc<Metrics>,
+        bytes_out: Option<Counter>,
     ) -> (Outbox, OutboxReceiver) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             frames_max: frames_max.max(1),
             bytes_max,
-            metrics,
+            bytes_out,
         });
         (
             Outbox {
@@ -104,6 +116,16 @@ impl Outbox {
             },
             OutboxReceiver { shared },
         )
+    }
+
+    /// Queue `frame` and send what is queued ([`Outbox::flush`] with `direct`); `false` if it
+    /// does not fit (or the outbox is closed).
+    pub(crate) fn send(&self, frame: Bytes, direct: bool) -> bool {
+        let queued = self.queue(frame);
+        if queued {
+            self.flush(direct);
+        }
+        queued
     }
 
     /// Queue `frame` without sending it yet: a thread with more frames to send queues them all
@@ -142,7 +164,7 @@ impl Outbox {
                 // A full socket buffer leaves everything to the writer task; any other error
                 // the writer task meets again and reports as the connection's end.
                 if let Ok(n) = w.try_write_vectored(&io[..k]) {
-                    self.shared.metrics.bytes_out.inc_by(n as u64);
+                    self.shared.written(n);
                     s.consume(n);
                     if s.frames.is_empty() {
                         return;
@@ -223,7 +245,7 @@ impl OutboxReceiver {
                 continue;
             };
             write_all(&w, &batch).await?;
-            self.shared.metrics.bytes_out.inc_by(batch.len() as u64);
+            self.shared.written(batch.len());
         }
     }
 
@@ -309,7 +331,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     fn outbox(frames: usize, bytes: usize) -> (Outbox, OutboxReceiver) {
-        Outbox::new(frames, bytes, Arc::new(Metrics::new(0)))
+        Outbox::new(frames, bytes, None)
     }
 
     async fn pair() -> (OwnedWriteHalf, TcpStream) {
