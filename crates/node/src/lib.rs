@@ -1,6 +1,9 @@
 //! The shieldwall runtime: the replica server that drives the ordering engine over TCP
 //! ([`ReplicaServer`]), the async client library ([`Client`]), the cluster file
 //! ([`ClusterConfig`]) and the [`Service`] contract applications implement.
+//!
+//! The process must ignore `SIGPIPE` (every Rust program does unless it changed that): sockets
+//! are written with `writev`, which raises it when the peer has reset the connection.
 #![forbid(unsafe_code)]
 
 pub mod client;

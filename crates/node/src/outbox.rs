@@ -1,12 +1,13 @@
-//! Bounded outbound queues, one per peer link and per client connection, with direct writes.
+//! Bounded outbound queues with direct writes: one per replica's peer link and client
+//! connection, and one per client library's link to a replica.
 //!
-//! A frame pushed while the queue is empty and no write is in flight is written to the socket
-//! at once by the pushing thread (a non-blocking write): the core or service thread puts it on
-//! the wire itself instead of waking the connection's writer task, one thread hand-off (tens of
-//! microseconds on a 2-vCPU machine) less per message. Everything else is queued for the writer
-//! task, which coalesces what is queued into writes of up to [`COALESCE_BYTES`]. Whatever a
-//! direct write leaves (the socket buffer is full, or only part fitted) is queued first, so
-//! frames always leave in push order.
+//! A thread queues the frames it has for a connection and then flushes. A flush asked to be
+//! direct, finding no write in flight, writes the queued frames itself (one non-blocking
+//! vectored write): the frame goes on the wire without waking the connection's writer task,
+//! one thread hand-off (tens of microseconds on a 2-vCPU machine) less per message. Everything
+//! else (what the socket did not take, flushes that are not direct, frames queued while a write
+//! is in flight or the link is down) is left to the writer task, which coalesces what is queued
+//! into writes of up to [`COALESCE_BYTES`]. Either way frames leave in queue order.
 //!
 //! Bounds: at most `frames_max` frames and `bytes_max` bytes wait; a frame that does not fit is
 //! refused and the caller counts the drop, so a pusher never waits on a slow connection.

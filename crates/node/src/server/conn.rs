@@ -53,11 +53,14 @@ pub(crate) enum Inbound {
 }
 
 /// A job for the verify pool: an input whose structure and MACs were checked, and the
-/// signatures it carries that still need verification.
+/// signatures it carries that still need verification; or a message that failed those checks,
+/// to be checked again for the reason and whom to blame (which can take many signature
+/// verifications, kept off the connection tasks).
 #[derive(Debug)]
 pub(crate) struct VerifyJob {
     input: Inbound,
     sigs: Vec<RecordedSig>,
+    invalid: bool,
 }
 
 /// The core's latest [`SettledVotes`], read by the verification stage.
@@ -87,8 +90,8 @@ impl SettledCell {
 ///    signatures of everything queued are verified together (batch verification, those seen
 ///    before skipped via the cache), and the valid inputs go to the core.
 ///
-/// An input that fails either step is checked again with the real authenticator to count the
-/// exact reason and find whom to blame (faulty input only).
+/// A message that fails either step is checked again with the real authenticator, on a pool
+/// thread, to count the exact reason and find whom to blame (faulty input only).
 pub(crate) struct Verifier {
     pub config: Config,
     pub auth: Arc<NodeAuth>,
@@ -123,13 +126,18 @@ impl Verifier {
                     self.deliver(input);
                     None
                 } else {
-                    Some(VerifyJob { input, sigs })
+                    Some(VerifyJob {
+                        input,
+                        sigs,
+                        invalid: false,
+                    })
                 }
             }
-            (Err(()), Inbound::Message { msg, .. }) => {
-                self.reject_message(msg);
-                None
-            }
+            (Err(()), input @ Inbound::Message { .. }) => Some(VerifyJob {
+                input,
+                sigs: Vec::new(),
+                invalid: true,
+            }),
             (Err(()), Inbound::Request { .. }) => None,
         }
     }
@@ -137,14 +145,19 @@ impl Verifier {
     /// Step 2: verify the signatures of a batch of jobs together; deliver the valid inputs.
     /// Votes that settled while they waited are dropped unchecked.
     pub(crate) fn verify(&self, jobs: Vec<VerifyJob>) {
-        let jobs: Vec<VerifyJob> = jobs
-            .into_iter()
-            .filter(|j| !self.settles(&j.input))
-            .collect();
         let mut sigs = Vec::with_capacity(jobs.len());
         let mut ranges = Vec::with_capacity(jobs.len());
         let mut inputs = Vec::with_capacity(jobs.len());
         for job in jobs {
+            if job.invalid {
+                if let Inbound::Message { msg, .. } = job.input {
+                    self.reject_message(msg);
+                }
+                continue;
+            }
+            if self.settles(&job.input) {
+                continue;
+            }
             let start = sigs.len();
             sigs.extend(job.sigs);
             ranges.push(start..sigs.len());
@@ -959,6 +972,45 @@ mod tests {
         assert!(matches!(&got[1], Event::Request(r) if r.request.req_seq == 1));
         assert!(v.metrics.render().contains("reason=\"bad_client_mac\""));
         assert!(v.cache.is_empty(), "no signature was verified");
+    }
+
+    #[test]
+    fn a_malformed_message_is_judged_on_the_pool_not_the_connection_task() {
+        let f = fixture();
+        let (v, rx) = verifier(&f, f.config.clone());
+        // The leader signs a batch whose digest does not match it.
+        let body = PrePrepare {
+            view: 0,
+            seq: 1,
+            batch_digest: Digest([9; 32]),
+            batch: vec![request(1, &f.client)],
+        };
+        let pre_prepare = Message::PrePrepare(Signed {
+            from: 0,
+            sig: f.replicas[0].sign(&body.signing_bytes()),
+            body,
+        });
+        let job = v.check(Inbound::Message {
+            msg: pre_prepare,
+            permit: permit(),
+        });
+        let job = job.expect("queued for the pool");
+        assert!(rx.is_empty(), "nothing judged yet");
+        assert!(
+            !v.metrics.render().contains("digest_mismatch"),
+            "nothing judged yet"
+        );
+        v.verify(vec![job]);
+        let got: Vec<Event> = rx
+            .try_iter()
+            .map(|i| match i {
+                CoreInput::Event(e, _) => e,
+                CoreInput::Shutdown => panic!("unexpected"),
+            })
+            .collect();
+        assert!(got.is_empty(), "{got:?}");
+        let text = v.metrics.render();
+        assert!(text.contains("reason=\"digest_mismatch\""), "{text}");
     }
 
     #[test]

@@ -258,7 +258,9 @@ impl CoreThread {
                 // Pending work first, then the queue: the service thread queues a batch's
                 // results before it stops counting the batch as pending.
                 if self.service.pending.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
-                    // Idle, and the service thread holds no ordered work: execute here.
+                    // Idle, and the service thread holds no ordered work: execute here, once
+                    // what earlier actions queued (replies, the next proposal) is on its way.
+                    self.flush.run(true);
                     let event = execute(self.service.lock().as_mut(), seq, &requests, snapshot);
                     self.replica.handle(self.clock.now_ms(), event, next);
                 } else {
@@ -308,11 +310,12 @@ impl CoreThread {
         }
     }
 
+    /// Queue an ordered job for the service thread. If that thread is gone (it reported a
+    /// fatal error), the job stays counted, so the core never executes on a service that
+    /// missed it.
     fn to_executor(&self, job: ExecJob) {
         self.service.pending.fetch_add(1, Ordering::AcqRel);
-        if self.exec_tx.send(job).is_err() {
-            self.service.pending.fetch_sub(1, Ordering::AcqRel);
-        }
+        let _ = self.exec_tx.send(job);
     }
 
     /// Hand a job to the storage thread, waiting if its queue is full. If the thread is gone it
@@ -398,7 +401,7 @@ pub(crate) fn run_executor(
                         match r {
                             Ok(r) => {
                                 read_bytes.fetch_sub(r.request.op.len(), Ordering::Relaxed);
-                                read(id, service.lock().as_ref(), r, &router)
+                                read(id, &service, r, &router)
                             }
                             Err(_) => break,
                         }
@@ -416,21 +419,25 @@ pub(crate) fn run_executor(
                 let event = execute(service.lock().as_mut(), seq, &requests, snapshot);
                 // The results are queued for the core before the job counts as finished: a
                 // core that sees no pending work and an empty queue has handled them.
-                let sent = core_tx.send(CoreInput::Event(event, None)).is_ok();
+                if core_tx.send(CoreInput::Event(event, None)).is_err() {
+                    break;
+                }
                 service.pending.fetch_sub(1, Ordering::AcqRel);
-                sent
+                true
             }
             ExecJob::Restore {
                 seq,
                 service: bytes,
             } => {
                 let restored = service.lock().restore(&bytes);
-                service.pending.fetch_sub(1, Ordering::AcqRel);
                 if let Err(e) = restored {
+                    // The restore stays counted as pending: the core must not execute on a
+                    // state the service does not have while the process stops.
                     error!(seq, "{e}");
                     let _ = fatal.send(format!("restoring the snapshot at seq {seq}: {e}"));
                     false
                 } else {
+                    service.pending.fetch_sub(1, Ordering::AcqRel);
                     true
                 }
             }
@@ -442,9 +449,10 @@ pub(crate) fn run_executor(
     debug!("executor thread stopped");
 }
 
-fn read(id: u32, service: &dyn Service, job: ReadJob, router: &ClientRouter) {
+fn read(id: u32, service: &SharedService, job: ReadJob, router: &ClientRouter) {
     let r = job.request;
-    let result = service.read(r.client, &r.op);
+    // The service is locked for the read only, not while the reply goes out.
+    let result = service.lock().read(r.client, &r.op);
     let mut flush = Flush::default();
     router.send(
         &Reply {
