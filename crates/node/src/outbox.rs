@@ -68,6 +68,31 @@ impl State {
             }
         }
     }
+
+    /// Take up to [`COALESCE_BYTES`] of queued frames (at least one) as one buffer and mark a
+    /// write in flight; with nothing queued, clear the mark and return `None`.
+    fn take(&mut self, out: &mut BytesMut) -> Option<Bytes> {
+        let Some(first) = self.frames.pop_front() else {
+            self.writing = false;
+            return None;
+        };
+        self.writing = true;
+        let batch = if self.frames.is_empty() {
+            first
+        } else {
+            out.clear();
+            out.extend_from_slice(&first);
+            while out.len() < COALESCE_BYTES {
+                match self.frames.pop_front() {
+                    Some(more) => out.extend_from_slice(&more),
+                    None => break,
+                }
+            }
+            out.split().freeze()
+        };
+        self.bytes -= batch.len();
+        Some(batch)
+    }
 }
 
 impl Shared {
@@ -157,10 +182,9 @@ impl Outbox {
         if direct && !s.writing {
             if let Some(w) = s.direct.clone() {
                 let mut io = [IoSlice::new(&[]); DIRECT_FRAMES_MAX];
-                let mut k = 0;
-                for (slot, f) in io.iter_mut().zip(s.frames.iter()) {
+                let k = s.frames.len().min(DIRECT_FRAMES_MAX);
+                for (slot, f) in io.iter_mut().zip(&s.frames) {
                     *slot = IoSlice::new(f);
-                    k += 1;
                 }
                 // A full socket buffer leaves everything to the writer task; any other error
                 // the writer task meets again and reports as the connection's end.
@@ -240,7 +264,7 @@ impl OutboxReceiver {
                 // load; with nothing else ready this returns at once).
                 tokio::task::yield_now().await;
             }
-            let batch = self.take(&mut self.shared.lock(), &mut out);
+            let batch = self.shared.lock().take(&mut out);
             let Some(batch) = batch else {
                 self.shared.wake.notified().await;
                 continue;
@@ -248,31 +272,6 @@ impl OutboxReceiver {
             write_all(&w, &batch).await?;
             self.shared.written(batch.len());
         }
-    }
-
-    /// Take up to [`COALESCE_BYTES`] of queued frames (at least one) as one buffer and mark a
-    /// write in flight; with nothing queued, clear the mark and return `None`.
-    fn take(&self, s: &mut State, out: &mut BytesMut) -> Option<Bytes> {
-        let Some(first) = s.frames.pop_front() else {
-            s.writing = false;
-            return None;
-        };
-        s.writing = true;
-        let batch = if s.frames.is_empty() {
-            first
-        } else {
-            out.clear();
-            out.extend_from_slice(&first);
-            while out.len() < COALESCE_BYTES {
-                match s.frames.pop_front() {
-                    Some(more) => out.extend_from_slice(&more),
-                    None => break,
-                }
-            }
-            out.split().freeze()
-        };
-        s.bytes -= batch.len();
-        Some(batch)
     }
 
     /// Drop everything queued (the link went down: those frames are stale); returns how many.

@@ -52,15 +52,22 @@ pub(crate) enum Inbound {
     },
 }
 
-/// A job for the verify pool: an input whose structure and MACs were checked, and the
-/// signatures it carries that still need verification; or a message that failed those checks,
-/// to be checked again for the reason and whom to blame (which can take many signature
-/// verifications, kept off the connection tasks).
+/// A job for the verify pool.
 #[derive(Debug)]
-pub(crate) struct VerifyJob {
-    input: Inbound,
-    sigs: Vec<RecordedSig>,
-    invalid: bool,
+pub(crate) enum VerifyJob {
+    /// An input whose structure and MACs were checked, with the signatures it carries that
+    /// still need verification.
+    Signatures {
+        input: Inbound,
+        sigs: Vec<RecordedSig>,
+    },
+    /// A message that failed those checks, to be checked again for the reason and whom to
+    /// blame (which can take many signature verifications, kept off the connection tasks). It
+    /// holds its sender's budget until then, like every queued input.
+    Reject {
+        msg: Message,
+        _permit: OwnedSemaphorePermit,
+    },
 }
 
 /// The core's latest [`SettledVotes`], read by the verification stage.
@@ -126,17 +133,12 @@ impl Verifier {
                     self.deliver(input);
                     None
                 } else {
-                    Some(VerifyJob {
-                        input,
-                        sigs,
-                        invalid: false,
-                    })
+                    Some(VerifyJob::Signatures { input, sigs })
                 }
             }
-            (Err(()), input @ Inbound::Message { .. }) => Some(VerifyJob {
-                input,
-                sigs: Vec::new(),
-                invalid: true,
+            (Err(()), Inbound::Message { msg, permit }) => Some(VerifyJob::Reject {
+                msg,
+                _permit: permit,
             }),
             (Err(()), Inbound::Request { .. }) => None,
         }
@@ -149,19 +151,16 @@ impl Verifier {
         let mut ranges = Vec::with_capacity(jobs.len());
         let mut inputs = Vec::with_capacity(jobs.len());
         for job in jobs {
-            if job.invalid {
-                if let Inbound::Message { msg, .. } = job.input {
-                    self.reject_message(msg);
+            match job {
+                VerifyJob::Reject { msg, .. } => self.reject_message(msg),
+                VerifyJob::Signatures { input, .. } if self.settles(&input) => {}
+                VerifyJob::Signatures { input, sigs: own } => {
+                    let start = sigs.len();
+                    sigs.extend(own);
+                    ranges.push(start..sigs.len());
+                    inputs.push(input);
                 }
-                continue;
             }
-            if self.settles(&job.input) {
-                continue;
-            }
-            let start = sigs.len();
-            sigs.extend(job.sigs);
-            ranges.push(start..sigs.len());
-            inputs.push(job.input);
         }
         let verdicts = self.cache.verify_each(&self.auth, &sigs);
         for (input, range) in inputs.into_iter().zip(ranges) {
@@ -824,6 +823,16 @@ mod tests {
         (v, rx)
     }
 
+    /// The events queued for the core so far.
+    fn events(rx: &crossbeam_channel::Receiver<CoreInput>) -> Vec<Event> {
+        rx.try_iter()
+            .map(|i| match i {
+                CoreInput::Event(e, _) => e,
+                CoreInput::Shutdown => panic!("unexpected"),
+            })
+            .collect()
+    }
+
     fn permit() -> OwnedSemaphorePermit {
         Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap()
     }
@@ -898,13 +907,7 @@ mod tests {
         assert_eq!(jobs.len(), 5, "every input carries a signature");
         assert!(rx.is_empty(), "nothing reaches the core before the pool");
         v.verify(jobs);
-        let got: Vec<Event> = rx
-            .try_iter()
-            .map(|i| match i {
-                CoreInput::Event(e, _) => e,
-                CoreInput::Shutdown => panic!("unexpected"),
-            })
-            .collect();
+        let got = events(&rx);
         assert_eq!(got.len(), 3, "{got:?}");
         assert!(matches!(&got[0], Event::Message(Message::Commit(v)) if v.from == 1));
         assert!(matches!(&got[1], Event::Request(r) if r.request.req_seq == 1));
@@ -960,13 +963,7 @@ mod tests {
                 })
                 .is_none());
         }
-        let got: Vec<Event> = rx
-            .try_iter()
-            .map(|i| match i {
-                CoreInput::Event(e, _) => e,
-                CoreInput::Shutdown => panic!("unexpected"),
-            })
-            .collect();
+        let got = events(&rx);
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(matches!(&got[0], Event::Message(Message::Commit(c)) if c.from == 1));
         assert!(matches!(&got[1], Event::Request(r) if r.request.req_seq == 1));
@@ -1001,13 +998,7 @@ mod tests {
             "nothing judged yet"
         );
         v.verify(vec![job]);
-        let got: Vec<Event> = rx
-            .try_iter()
-            .map(|i| match i {
-                CoreInput::Event(e, _) => e,
-                CoreInput::Shutdown => panic!("unexpected"),
-            })
-            .collect();
+        let got = events(&rx);
         assert!(got.is_empty(), "{got:?}");
         let text = v.metrics.render();
         assert!(text.contains("reason=\"digest_mismatch\""), "{text}");

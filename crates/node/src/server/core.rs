@@ -410,7 +410,7 @@ pub(crate) fn run_executor(
                 }
             }
         };
-        let done = match job {
+        match job {
             ExecJob::Execute {
                 seq,
                 requests,
@@ -423,7 +423,6 @@ pub(crate) fn run_executor(
                     break;
                 }
                 service.pending.fetch_sub(1, Ordering::AcqRel);
-                true
             }
             ExecJob::Restore {
                 seq,
@@ -435,15 +434,10 @@ pub(crate) fn run_executor(
                     // state the service does not have while the process stops.
                     error!(seq, "{e}");
                     let _ = fatal.send(format!("restoring the snapshot at seq {seq}: {e}"));
-                    false
-                } else {
-                    service.pending.fetch_sub(1, Ordering::AcqRel);
-                    true
+                    break;
                 }
+                service.pending.fetch_sub(1, Ordering::AcqRel);
             }
-        };
-        if !done {
-            break;
         }
     }
     debug!("executor thread stopped");
