@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::Sender;
 use shieldwall_core::verify::{verify_message, verify_request, Reject};
 use shieldwall_core::{
     Authenticator, Config, Event, Message, Principal, Reply, SettledVotes, SignedRequest,
@@ -30,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use super::core::CoreInput;
+use super::core::CoreHandle;
 use crate::metrics::Metrics;
 use crate::net::{handshake, FrameReader, Handshake, HANDSHAKE_FRAME_BYTES};
 use crate::outbox::{Flush, Outbox, OutboxReceiver};
@@ -104,7 +103,7 @@ pub(crate) struct Verifier {
     pub auth: Arc<NodeAuth>,
     pub cache: VerifiedCache,
     pub settled: Arc<SettledCell>,
-    pub core: Sender<CoreInput>,
+    pub core: Arc<CoreHandle>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -191,7 +190,7 @@ impl Verifier {
             Inbound::Message { msg, permit } => (Event::Message(msg), permit),
             Inbound::Request { req, permit } => (Event::Request(req), permit),
         };
-        let _ = self.core.send(CoreInput::Event(event, Some(permit)));
+        self.core.deliver(event, Some(permit));
     }
 
     /// Check an invalid message with the real authenticator: count why, and report the signer
@@ -201,7 +200,7 @@ impl Verifier {
             // Only reachable if a signature verified singly but not in a batch: contract
             // breach of the authenticator; trust the single verification.
             Ok(()) => {
-                let _ = self.core.send(CoreInput::Event(Event::Message(msg), None));
+                self.core.deliver(Event::Message(msg), None);
             }
             Err(rejection) => {
                 debug!(
@@ -212,9 +211,7 @@ impl Verifier {
                 );
                 self.metrics.reject(rejection.reason.as_str());
                 if let Some((from, view)) = rejection.blame {
-                    let _ = self
-                        .core
-                        .send(CoreInput::Event(Event::ProvenFault { from, view }, None));
+                    self.core.deliver(Event::ProvenFault { from, view }, None);
                 }
             }
         }
@@ -777,6 +774,8 @@ impl ClientRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::core::CoreInput;
+    use crate::server::core_queue::CoreQueue;
     use shieldwall_core::message::{
         batch_digest, vote_signing_bytes, Phase, PrePrepare, Signable, Signed, Vote,
     };
@@ -810,8 +809,9 @@ mod tests {
     }
 
     /// Replica 3's verification stage for `config`, and the core's end of its queue.
-    fn verifier(f: &Fixture, config: Config) -> (Verifier, crossbeam_channel::Receiver<CoreInput>) {
-        let (tx, rx) = crossbeam_channel::unbounded();
+    fn verifier(f: &Fixture, config: Config) -> (Verifier, Arc<CoreQueue<CoreInput>>) {
+        let rx = Arc::new(CoreQueue::default());
+        let tx = Arc::new(CoreHandle::new(rx.clone()));
         let v = Verifier {
             config,
             auth: f.replicas[3].clone(),
@@ -824,8 +824,9 @@ mod tests {
     }
 
     /// The events queued for the core so far.
-    fn events(rx: &crossbeam_channel::Receiver<CoreInput>) -> Vec<Event> {
-        rx.try_iter()
+    fn events(rx: &CoreQueue<CoreInput>) -> Vec<Event> {
+        rx.drain()
+            .into_iter()
             .map(|i| match i {
                 CoreInput::Event(e, _) => e,
                 CoreInput::Shutdown => panic!("unexpected"),
@@ -861,6 +862,83 @@ mod tests {
             auth: RequestAuth::Signature(signer.sign(&request.signing_bytes()).into()),
             request,
         }
+    }
+
+    /// A service that echoes operations.
+    #[derive(Debug)]
+    struct Echo;
+
+    impl crate::Service for Echo {
+        fn execute(&mut self, _: shieldwall_core::ClientId, op: &[u8]) -> Vec<u8> {
+            op.to_vec()
+        }
+        fn read(&self, _: shieldwall_core::ClientId, op: &[u8]) -> Vec<u8> {
+            op.to_vec()
+        }
+        fn snapshot(&mut self) -> Vec<Bytes> {
+            Vec::new()
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), crate::service::RestoreError> {
+            Ok(())
+        }
+    }
+
+    /// Replica 3's core, with no peers and no core thread, and its queue.
+    fn core_handle(f: &Fixture) -> (Arc<CoreHandle>, Arc<CoreQueue<CoreInput>>) {
+        let queue = Arc::new(CoreQueue::default());
+        let handle = Arc::new(CoreHandle::new(queue.clone()));
+        let metrics = Arc::new(Metrics::new(3));
+        let (exec_tx, _) = crossbeam_channel::unbounded();
+        let (read_tx, _) = crossbeam_channel::bounded(1);
+        handle.install(crate::server::core::CoreParts {
+            replica: shieldwall_core::Replica::new(f.config.clone(), 3, f.replicas[3].clone())
+                .unwrap(),
+            clock: crate::server::core::Clock::new(),
+            links: Arc::new(PeerLinks {
+                me: 3,
+                links: (0..4).map(|_| None).collect(),
+                metrics: metrics.clone(),
+            }),
+            router: Arc::new(ClientRouter::new(f.replicas[3].clone(), metrics.clone())),
+            exec_tx,
+            service: Arc::new(crate::server::core::SharedService::new(Box::new(Echo))),
+            read_tx,
+            read_bytes: Default::default(),
+            read_bytes_max: 1 << 20,
+            metrics,
+            status: Default::default(),
+            storage_tx: None,
+            initial: Vec::new(),
+            settled: Default::default(),
+        });
+        (handle, queue)
+    }
+
+    /// An idle core handles an input on the thread that delivers it; with anything queued
+    /// (or before the core thread carried out the recovered state's actions) the input
+    /// queues behind, so the order holds.
+    #[test]
+    fn an_idle_core_runs_on_the_delivering_thread_and_never_overtakes_the_queue() {
+        let f = fixture();
+        let (core, queue) = core_handle(&f);
+        core.deliver(Event::Request(request(1, &f.client)), None);
+        assert_eq!(queue.len(), 1, "not running yet: queued");
+        assert_eq!(core.pending_requests(), 0);
+        drop(queue.drain());
+
+        core.mark_running();
+        core.deliver(Event::Request(request(1, &f.client)), None);
+        assert!(queue.is_empty(), "handled here");
+        assert_eq!(core.pending_requests(), 1, "the engine has it on return");
+
+        queue.send(CoreInput::Event(Event::Tick, None)).unwrap();
+        core.deliver(Event::Request(request(2, &f.client)), None);
+        assert_eq!(core.pending_requests(), 1, "not ahead of the queued input");
+        let queued = events(&queue);
+        assert!(matches!(
+            queued.as_slice(),
+            [Event::Tick, Event::Request(r)] if r.request.req_seq == 2
+        ));
     }
 
     #[test]
@@ -1024,10 +1102,10 @@ mod tests {
             })
             .collect();
         v.verify(jobs);
-        let got: Vec<u64> = rx
-            .try_iter()
-            .map(|i| match i {
-                CoreInput::Event(Event::Message(Message::Commit(v)), _) => v.body.seq,
+        let got: Vec<u64> = events(&rx)
+            .into_iter()
+            .map(|e| match e {
+                Event::Message(Message::Commit(v)) => v.body.seq,
                 other => panic!("unexpected {other:?}"),
             })
             .collect();

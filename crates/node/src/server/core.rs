@@ -1,23 +1,26 @@
-//! The protocol core's thread and the service's thread.
+//! The protocol core and the service's thread.
 //!
-//! The core thread owns the [`Replica`] engine: it takes verified inputs from one queue, calls
-//! the engine with the current time, and carries out the actions: frames to peer queues
-//! (`try_send`: a full queue drops the frame, the core never waits on a peer), batches to the
-//! executor, replies to the client router. The executor thread owns the [`Service`] and runs
-//! ordered batches, read-only requests and snapshot restores in the order the core emits them.
+//! The core ([`CoreHandle`]) holds the [`Replica`] engine: it takes verified inputs one at a
+//! time, calls the engine with the current time, and carries out the actions: frames to peer
+//! and client queues (a full queue drops the frame, the core never waits on a peer), batches to
+//! the service thread (or executed in place when that thread is idle), replies to the client
+//! router. It runs on the core thread, or on the thread that brings an input when it is idle
+//! (ADR 016). The service thread runs ordered batches, read-only requests and snapshot restores
+//! in the order the core emits them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use shieldwall_core::{Action, ClientId, Event, Replica, Reply, Request, SettledVotes, Status};
 use shieldwall_wire::Frame;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info};
 
 use super::conn::{ClientRouter, PeerLinks, SettledCell};
+use super::core_queue::CoreQueue;
 use super::storage::StorageJob;
 use super::{ReplicaStatus, StatusCell};
 use crate::metrics::Metrics;
@@ -125,10 +128,10 @@ const LATENCY_TRACKED_MAX: usize = 100_000;
 /// How often the core publishes its status and engine counters.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
-pub(crate) struct CoreThread {
+/// The parts of the protocol core: the engine and what carries out its actions.
+pub(crate) struct CoreParts {
     pub replica: Replica,
     pub clock: Clock,
-    pub rx: Receiver<CoreInput>,
     pub links: Arc<PeerLinks>,
     pub router: Arc<ClientRouter>,
     pub exec_tx: Sender<ExecJob>,
@@ -147,107 +150,246 @@ pub(crate) struct CoreThread {
     pub initial: Vec<Action>,
     /// Where the verify pool reads which votes it may drop unchecked.
     pub settled: Arc<SettledCell>,
-    /// Frames queued while carrying out the actions of one input, sent once they all are.
-    pub flush: Flush,
 }
 
-impl CoreThread {
-    pub(crate) fn run(mut self) {
-        let mut actions = std::mem::take(&mut self.initial);
-        let mut arrivals: HashMap<(ClientId, u64), Instant> = HashMap::new();
-        let mut last_publish = Instant::now();
-        let mut last_view = self.replica.view();
-        let mut last_settled = SettledVotes::default();
-        self.publish();
-        loop {
-            let now = self.clock.now_ms();
-            if self.replica.next_deadline().is_some_and(|d| d <= now) {
-                self.replica.handle(now, Event::Tick, &mut actions);
-            }
-            if actions.is_empty() {
-                let input = match self.replica.next_deadline() {
-                    Some(d) => match self
-                        .rx
-                        .recv_timeout(Duration::from_millis(d.saturating_sub(now).max(1)))
-                    {
-                        Ok(i) => Some(i),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    },
-                    None => match self.rx.recv_timeout(PUBLISH_EVERY) {
-                        Ok(i) => Some(i),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    },
-                };
-                match input {
-                    Some(CoreInput::Event(event, permit)) => {
-                        if let Event::Request(r) = &event {
-                            if !r.request.read_only && arrivals.len() < LATENCY_TRACKED_MAX {
-                                arrivals
-                                    .entry((r.request.client, r.request.req_seq))
-                                    .or_insert_with(Instant::now);
-                            }
-                        }
-                        self.replica
-                            .handle(self.clock.now_ms(), event, &mut actions);
-                        drop(permit);
-                    }
-                    Some(CoreInput::Shutdown) => break,
-                    None => {}
-                }
-            }
-            // Carrying out an action can give the engine an event (a batch executed here),
-            // whose actions are carried out in the next round.
-            while !actions.is_empty() {
-                for action in std::mem::take(&mut actions) {
-                    self.act(action, &mut arrivals, &mut actions);
-                }
-            }
-            // With nothing else to do the core writes its frames itself (no wake-up of a
-            // writer task on their way out); with inputs waiting, the writer tasks coalesce.
-            self.flush.run(self.rx.is_empty());
-            let settled = self.replica.settled_votes();
-            if settled != last_settled {
-                last_settled = settled;
-                self.settled.set(settled);
-            }
-            let view_changed = self.replica.view() != last_view;
-            if view_changed {
-                last_view = self.replica.view();
-                info!(
-                    view = last_view,
-                    leader = self.replica.config().leader(last_view),
-                    "entered view"
-                );
-            }
-            // A new view is published at once (operators and tests watch for it).
-            if view_changed || last_publish.elapsed() >= PUBLISH_EVERY {
-                last_publish = Instant::now();
-                self.publish();
-                // Requests never answered here (stale, dropped) must not pin memory.
-                arrivals.retain(|_, t| t.elapsed() < Duration::from_secs(60));
-            }
+/// The protocol core and the one place that runs it. Inputs are handled one at a time, in
+/// the order they are queued, by whichever thread holds the core's lock: the core thread, or,
+/// when the core is idle and nothing is queued, the thread that brings the input
+/// ([`CoreHandle::deliver`]: a connection task or a verify pool thread). At one client that
+/// saves a thread wake-up per message (tens of microseconds on a host whose cores are shared);
+/// under load inputs queue up and the core thread takes them in turn, as before.
+pub(crate) struct CoreHandle {
+    queue: Arc<CoreQueue<CoreInput>>,
+    /// `None` until [`CoreHandle::install`], and again once the core thread has stopped.
+    core: Mutex<Option<Core>>,
+    /// When the core thread next looks at the engine's timers, in the engine's milliseconds: an
+    /// input handled elsewhere that sets an earlier timer wakes it.
+    wake_at_ms: AtomicU64,
+}
+
+impl CoreHandle {
+    pub(crate) fn new(queue: Arc<CoreQueue<CoreInput>>) -> CoreHandle {
+        CoreHandle {
+            queue,
+            core: Mutex::new(None),
+            wake_at_ms: AtomicU64::new(0),
         }
-        self.publish();
-        debug!("core thread stopped");
     }
 
-    fn act(
-        &mut self,
-        action: Action,
-        arrivals: &mut HashMap<(ClientId, u64), Instant>,
-        next: &mut Vec<Action>,
-    ) {
+    /// Give the handle its core; inputs delivered before are queued.
+    pub(crate) fn install(&self, parts: CoreParts) {
+        let mut core = Core {
+            last_view: parts.replica.view(),
+            actions: Vec::new(),
+            arrivals: HashMap::new(),
+            last_settled: SettledVotes::default(),
+            last_publish: Instant::now(),
+            flush: Flush::default(),
+            on_core_thread: false,
+            running: false,
+            queue: self.queue.clone(),
+            parts,
+        };
+        core.actions = std::mem::take(&mut core.parts.initial);
+        *self.core.lock().unwrap_or_else(|e| e.into_inner()) = Some(core);
+    }
+
+    /// Hand the core a verified input: handled here and now if the core is idle and nothing is
+    /// queued before it, else queued for the core thread.
+    pub(crate) fn deliver(&self, event: Event, permit: Option<OwnedSemaphorePermit>) {
+        if self.queue.is_empty() {
+            // Only the lock holder takes inputs from the queue: holding it and finding the
+            // queue empty, no earlier input is waiting, and handling this one keeps the order.
+            if let Ok(mut guard) = self.core.try_lock() {
+                if let Some(core) = guard
+                    .as_mut()
+                    .filter(|c| c.running && self.queue.is_empty())
+                {
+                    core.on_core_thread = false;
+                    core.input(event, permit);
+                    core.settle();
+                    let wake_at = self.wake_at_ms.load(Ordering::Acquire);
+                    if core
+                        .parts
+                        .replica
+                        .next_deadline()
+                        .is_some_and(|d| d < wake_at)
+                    {
+                        self.queue.wake();
+                    }
+                    return;
+                }
+            }
+        }
+        let _ = self.queue.send(CoreInput::Event(event, permit));
+    }
+
+    /// Let inputs be handled on the delivering thread without a core thread having started.
+    #[cfg(test)]
+    pub(crate) fn mark_running(&self) {
+        if let Some(core) = self.core.lock().unwrap().as_mut() {
+            core.running = true;
+        }
+    }
+
+    /// The engine's count of pending requests (tests look at where an input was handled).
+    #[cfg(test)]
+    pub(crate) fn pending_requests(&self) -> usize {
+        self.core
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map_or(0, |c| c.parts.replica.pending_requests())
+    }
+
+    /// The core thread: queued inputs, timers, periodic status, until [`CoreInput::Shutdown`].
+    /// A poisoned lock (a panic while some thread ran the core) ends it, which the server
+    /// reports as fatal.
+    pub(crate) fn run(&self) {
+        let _closed = self.queue.close_on_drop();
+        let Ok(mut guard) = self.core.lock() else {
+            return;
+        };
+        let Some(core) = guard.as_mut() else {
+            error!("the core thread started without a core");
+            return;
+        };
+        core.publish();
+        core.on_core_thread = true;
+        // The recovered state's actions go out before any input is handled.
+        core.settle();
+        core.running = true;
+        loop {
+            let Some(core) = guard.as_mut() else {
+                return;
+            };
+            core.on_core_thread = true;
+            // Timers and status are looked at between any two inputs: a steady stream of
+            // inputs must not starve them.
+            let now = core.parts.clock.now_ms();
+            if core.parts.replica.next_deadline().is_some_and(|d| d <= now) {
+                core.input(Event::Tick, None);
+                core.settle();
+            }
+            if core.last_publish.elapsed() >= PUBLISH_EVERY {
+                core.publish();
+                // Requests never answered here (stale, dropped) must not pin memory.
+                core.arrivals
+                    .retain(|_, t| t.elapsed() < Duration::from_secs(60));
+            }
+            match self.queue.try_recv() {
+                Some(CoreInput::Event(event, permit)) => {
+                    core.input(event, permit);
+                    core.settle();
+                    continue;
+                }
+                Some(CoreInput::Shutdown) => {
+                    core.publish();
+                    *guard = None;
+                    debug!("core thread stopped");
+                    return;
+                }
+                None => {}
+            }
+            let wait = core
+                .parts
+                .replica
+                .next_deadline()
+                .map_or(PUBLISH_EVERY, |d| {
+                    Duration::from_millis(d.saturating_sub(now).max(1))
+                })
+                .min(PUBLISH_EVERY);
+            self.wake_at_ms
+                .store(now + wait.as_millis() as u64, Ordering::Release);
+            drop(guard);
+            self.queue.wait(wait);
+            guard = match self.core.lock() {
+                Ok(g) => g,
+                Err(_) => {
+                    error!("the core panicked on another thread");
+                    return;
+                }
+            };
+        }
+    }
+}
+
+/// The core and the state of its current round of work.
+struct Core {
+    parts: CoreParts,
+    queue: Arc<CoreQueue<CoreInput>>,
+    /// Actions still to carry out.
+    actions: Vec<Action>,
+    /// Arrival times of requests, for the latency histogram.
+    arrivals: HashMap<(ClientId, u64), Instant>,
+    last_publish: Instant,
+    last_view: u64,
+    last_settled: SettledVotes,
+    /// Frames queued while carrying out the actions of one input, sent once they all are.
+    flush: Flush,
+    /// Whether the core thread runs the core now (rather than a connection task or a verify
+    /// pool thread, which must not be held up by a snapshot).
+    on_core_thread: bool,
+    /// The core thread has carried out the recovered state's actions: other threads may run
+    /// the core.
+    running: bool,
+}
+
+impl Core {
+    fn input(&mut self, event: Event, permit: Option<OwnedSemaphorePermit>) {
+        if let Event::Request(r) = &event {
+            if !r.request.read_only && self.arrivals.len() < LATENCY_TRACKED_MAX {
+                self.arrivals
+                    .entry((r.request.client, r.request.req_seq))
+                    .or_insert_with(Instant::now);
+            }
+        }
+        let now = self.parts.clock.now_ms();
+        self.parts.replica.handle(now, event, &mut self.actions);
+        drop(permit);
+    }
+
+    /// Carry out the actions of the last input and what they lead to; send the frames.
+    fn settle(&mut self) {
+        // Carrying out an action can give the engine an event (a batch executed here),
+        // whose actions are carried out in the next round.
+        while !self.actions.is_empty() {
+            for action in std::mem::take(&mut self.actions) {
+                self.act(action);
+            }
+        }
+        // With nothing else to do the core writes its frames itself (no wake-up of a writer
+        // task on their way out); with inputs waiting, the writer tasks coalesce.
+        self.flush.run(self.queue.is_empty());
+        let settled = self.parts.replica.settled_votes();
+        if settled != self.last_settled {
+            self.last_settled = settled;
+            self.parts.settled.set(settled);
+        }
+        let view = self.parts.replica.view();
+        if view != self.last_view {
+            self.last_view = view;
+            info!(
+                view,
+                leader = self.parts.replica.config().leader(view),
+                "entered view"
+            );
+            // A new view is published at once (operators and tests watch for it).
+            self.publish();
+        }
+    }
+
+    fn act(&mut self, action: Action) {
         match action {
             Action::Send { to, message } => {
-                self.links
+                self.parts
+                    .links
                     .send(to, Frame::Peer(message).encode(), &mut self.flush);
             }
             Action::Broadcast { message } => {
                 // One encoding (and one signature, done by the engine) shared by every peer.
                 let bytes = Frame::Peer(message).encode();
-                self.links.broadcast(&bytes, &mut self.flush);
+                self.parts.links.broadcast(&bytes, &mut self.flush);
             }
             Action::Execute {
                 seq,
@@ -257,12 +399,20 @@ impl CoreThread {
             } => {
                 // Pending work first, then the queue: the service thread queues a batch's
                 // results before it stops counting the batch as pending.
-                if self.service.pending.load(Ordering::Acquire) == 0 && self.rx.is_empty() {
+                if self.parts.service.pending.load(Ordering::Acquire) == 0
+                    && self.queue.is_empty()
+                    && (self.on_core_thread || !snapshot)
+                {
                     // Idle, and the service thread holds no ordered work: execute here, once
-                    // what earlier actions queued (replies, the next proposal) is on its way.
+                    // what earlier actions queued (replies, the next proposal) is on its way
+                    // (a batch that ends with a snapshot only on the core thread: a connection
+                    // task or verify thread is not held up that long).
                     self.flush.run(true);
-                    let event = execute(self.service.lock().as_mut(), seq, &requests, snapshot);
-                    self.replica.handle(self.clock.now_ms(), event, next);
+                    let event =
+                        execute(self.parts.service.lock().as_mut(), seq, &requests, snapshot);
+                    self.parts
+                        .replica
+                        .handle(self.parts.clock.now_ms(), event, &mut self.actions);
                 } else {
                     self.to_executor(ExecJob::Execute {
                         seq,
@@ -273,23 +423,28 @@ impl CoreThread {
             }
             Action::ExecuteReadOnly { request, view } => {
                 let len = request.op.len();
-                let queued = self.read_bytes.load(Ordering::Relaxed);
-                if queued + len > self.read_bytes_max
-                    || self.read_tx.try_send(ReadJob { request, view }).is_err()
+                let queued = self.parts.read_bytes.load(Ordering::Relaxed);
+                if queued + len > self.parts.read_bytes_max
+                    || self
+                        .parts
+                        .read_tx
+                        .try_send(ReadJob { request, view })
+                        .is_err()
                 {
                     // The client falls back to an ordered request.
-                    self.metrics.drop_frame("read_only");
+                    self.parts.metrics.drop_frame("read_only");
                 } else {
-                    self.read_bytes.fetch_add(len, Ordering::Relaxed);
+                    self.parts.read_bytes.fetch_add(len, Ordering::Relaxed);
                 }
             }
             Action::Reply(reply) => {
-                if let Some(t) = arrivals.remove(&(reply.client, reply.req_seq)) {
-                    self.metrics
+                if let Some(t) = self.arrivals.remove(&(reply.client, reply.req_seq)) {
+                    self.parts
+                        .metrics
                         .request_latency
                         .observe(t.elapsed().as_secs_f64());
                 }
-                self.router.send(&reply, &mut self.flush);
+                self.parts.router.send(&reply, &mut self.flush);
             }
             Action::Restore { seq, service } => {
                 info!(seq, "installing a snapshot from state transfer");
@@ -314,15 +469,15 @@ impl CoreThread {
     /// fatal error), the job stays counted, so the core never executes on a service that
     /// missed it.
     fn to_executor(&self, job: ExecJob) {
-        self.service.pending.fetch_add(1, Ordering::AcqRel);
-        let _ = self.exec_tx.send(job);
+        self.parts.service.pending.fetch_add(1, Ordering::AcqRel);
+        let _ = self.parts.exec_tx.send(job);
     }
 
     /// Hand a job to the storage thread, waiting if its queue is full. If the thread is gone it
     /// has reported a fatal error and the process is stopping; the engine keeps its outputs
     /// held, so nothing that depends on the lost record leaves the replica.
     fn to_storage(&self, job: StorageJob) {
-        match &self.storage_tx {
+        match &self.parts.storage_tx {
             Some(tx) => {
                 if tx.send(job).is_err() {
                     error!("the storage thread stopped; durable outputs stay held");
@@ -332,9 +487,10 @@ impl CoreThread {
         }
     }
 
-    fn publish(&self) {
-        let r = &self.replica;
-        let m = &self.metrics;
+    fn publish(&mut self) {
+        self.last_publish = Instant::now();
+        let r = &self.parts.replica;
+        let m = &self.parts.metrics;
         m.sync_engine(r.stats());
         m.view.set(r.view() as i64);
         m.leader.set(i64::from(r.config().leader(r.view())));
@@ -361,7 +517,7 @@ impl CoreThread {
             last_executed: r.last_executed(),
             stable_checkpoint: r.stable_checkpoint(),
             pending_requests: r.pending_requests() as u64,
-            peers_connected: self.links.connected() as u32,
+            peers_connected: self.parts.links.connected() as u32,
             n: r.config().n,
             f: r.config().f,
             fault_model: r.config().fault_model.to_string(),
@@ -372,7 +528,7 @@ impl CoreThread {
         };
         m.known_committed.set(published.known_committed as i64);
         m.ready.set(i64::from(published.readiness().is_ok()));
-        self.status.set(published);
+        self.parts.status.set(published);
     }
 }
 
@@ -386,7 +542,7 @@ pub(crate) fn run_executor(
     exec_rx: Receiver<ExecJob>,
     read_rx: Receiver<ReadJob>,
     read_bytes: Arc<AtomicUsize>,
-    core_tx: Sender<CoreInput>,
+    core_tx: Arc<CoreQueue<CoreInput>>,
     router: Arc<ClientRouter>,
     fatal: Sender<String>,
 ) {

@@ -8,6 +8,7 @@
 
 mod conn;
 mod core;
+mod core_queue;
 mod storage;
 
 use std::collections::HashMap;
@@ -27,7 +28,10 @@ use tokio::sync::Semaphore;
 use tracing::info;
 
 use self::conn::{accept_loop, start_peer_links, ClientRouter, NetContext, PeerLinks, VerifyJob};
-use self::core::{run_executor, Clock, CoreInput, CoreThread, ExecJob, ReadJob, SharedService};
+use self::core::{
+    run_executor, Clock, CoreHandle, CoreInput, CoreParts, ExecJob, ReadJob, SharedService,
+};
+use self::core_queue::CoreQueue;
 use self::storage::{run_storage, StorageJob, STORAGE_QUEUE_JOBS};
 use crate::config::ClusterConfig;
 use crate::http::{self, HttpContent};
@@ -290,7 +294,7 @@ struct Observer {
 #[derive(Clone)]
 struct Queues {
     verify: shieldwall_crypto::pool::Submitter<VerifyJob>,
-    core: Receiver<CoreInput>,
+    core: Arc<CoreQueue<CoreInput>>,
     exec: Receiver<ExecJob>,
     read: Receiver<ReadJob>,
     storage: Option<Receiver<StorageJob>>,
@@ -329,7 +333,7 @@ pub struct ReplicaServer {
     address: SocketAddr,
     http_address: Option<SocketAddr>,
     runtime: Option<tokio::runtime::Runtime>,
-    core_tx: Sender<CoreInput>,
+    core_tx: Arc<CoreQueue<CoreInput>>,
     fatal_rx: Receiver<String>,
     threads: Vec<JoinHandle<()>>,
     verify: Option<BatchPool<VerifyJob>>,
@@ -485,7 +489,8 @@ impl ReplicaServer {
         let metrics = Arc::new(Metrics::new(id));
         let status = Arc::new(StatusCell::default());
         let router = Arc::new(ClientRouter::new(auth.clone(), metrics.clone()));
-        let (core_tx, core_rx) = crossbeam_channel::unbounded::<CoreInput>();
+        let core_tx = Arc::new(CoreQueue::<CoreInput>::default());
+        let core = Arc::new(CoreHandle::new(core_tx.clone()));
         let (exec_tx, exec_rx) = crossbeam_channel::unbounded::<ExecJob>();
         let (read_tx, read_rx) =
             crossbeam_channel::bounded::<ReadJob>(options.limits.read_queue_max);
@@ -504,7 +509,7 @@ impl ReplicaServer {
             auth: auth.clone(),
             cache: VerifiedCache::new(VERIFIED_CACHE_ENTRIES),
             settled: settled.clone(),
-            core: core_tx.clone(),
+            core: core.clone(),
             metrics: metrics.clone(),
         });
         let verify = {
@@ -569,7 +574,7 @@ impl ReplicaServer {
                 links: links.clone(),
                 queues: Queues {
                     verify: verify.submitter(),
-                    core: core_rx.clone(),
+                    core: core_tx.clone(),
                     exec: exec_rx.clone(),
                     read: read_rx.clone(),
                     storage: storage_rx.clone(),
@@ -580,10 +585,9 @@ impl ReplicaServer {
 
         let read_bytes = Arc::new(AtomicUsize::new(0));
         let service = Arc::new(SharedService::new(service));
-        let core = CoreThread {
+        core.install(CoreParts {
             replica,
             clock,
-            rx: core_rx,
             links,
             router: router.clone(),
             exec_tx,
@@ -596,8 +600,7 @@ impl ReplicaServer {
             storage_tx,
             initial,
             settled,
-            flush: Default::default(),
-        };
+        });
         let stopping = Arc::new(AtomicBool::new(false));
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             // A thread that ends while the replica is not stopping (a panic, a closed channel)

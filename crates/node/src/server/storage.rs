@@ -34,6 +34,7 @@ use shieldwall_storage::{
 use tracing::{debug, error, info, warn};
 
 use super::core::CoreInput;
+use super::core_queue::CoreQueue;
 use crate::metrics::Metrics;
 
 /// Jobs queued for the storage thread before the core thread waits.
@@ -169,7 +170,7 @@ pub(crate) fn open(data: &Path) -> Result<(Storage, OnDisk), String> {
 pub(crate) fn run_storage<F: Fs>(
     storage: Storage<F>,
     rx: Receiver<StorageJob>,
-    core_tx: Sender<CoreInput>,
+    core_tx: Arc<CoreQueue<CoreInput>>,
     metrics: Arc<Metrics>,
     fatal: Sender<String>,
 ) {
@@ -403,7 +404,8 @@ mod tests {
         let snapshots = SnapshotStore::open(fs.clone(), "/d/snapshots").unwrap();
         fs.set_fail_after(fail_after);
         let (tx, rx) = crossbeam_channel::bounded(16);
-        let (core_tx, core_rx) = crossbeam_channel::unbounded();
+        let core_tx = Arc::new(CoreQueue::default());
+        let core_rx = core_tx.clone();
         let (fatal_tx, fatal_rx) = crossbeam_channel::unbounded();
         let metrics = Arc::new(Metrics::new(0));
         let thread = std::thread::spawn(move || {
@@ -415,7 +417,8 @@ mod tests {
         drop(tx);
         thread.join().unwrap();
         let persisted = core_rx
-            .try_iter()
+            .drain()
+            .into_iter()
             .filter_map(|input| match input {
                 CoreInput::Event(Event::Persisted { ticket }, _) => Some(ticket),
                 _ => None,
