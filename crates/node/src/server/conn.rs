@@ -883,12 +883,19 @@ mod tests {
         }
     }
 
-    /// Replica 3's core, with no peers and no core thread, and its queue.
-    fn core_handle(f: &Fixture) -> (Arc<CoreHandle>, Arc<CoreQueue<CoreInput>>) {
+    /// Replica 3's core, with no peers and no core thread, its queue, and the service
+    /// thread's end of its queue of ordered batches.
+    fn core_handle(
+        f: &Fixture,
+    ) -> (
+        Arc<CoreHandle>,
+        Arc<CoreQueue<CoreInput>>,
+        crossbeam_channel::Receiver<crate::server::core::ExecJob>,
+    ) {
         let queue = Arc::new(CoreQueue::default());
         let handle = Arc::new(CoreHandle::new(queue.clone()));
         let metrics = Arc::new(Metrics::new(3));
-        let (exec_tx, _) = crossbeam_channel::unbounded();
+        let (exec_tx, exec_rx) = crossbeam_channel::unbounded();
         let (read_tx, _) = crossbeam_channel::bounded(1);
         handle.install(crate::server::core::CoreParts {
             replica: shieldwall_core::Replica::new(f.config.clone(), 3, f.replicas[3].clone())
@@ -911,7 +918,7 @@ mod tests {
             initial: Vec::new(),
             settled: Default::default(),
         });
-        (handle, queue)
+        (handle, queue, exec_rx)
     }
 
     /// An idle core handles an input on the thread that delivers it; with anything queued
@@ -920,7 +927,7 @@ mod tests {
     #[test]
     fn an_idle_core_runs_on_the_delivering_thread_and_never_overtakes_the_queue() {
         let f = fixture();
-        let (core, queue) = core_handle(&f);
+        let (core, queue, _exec) = core_handle(&f);
         core.deliver(Event::Request(request(1, &f.client)), None);
         assert_eq!(queue.len(), 1, "not running yet: queued");
         assert_eq!(core.pending_requests(), 0);
@@ -939,6 +946,38 @@ mod tests {
             queued.as_slice(),
             [Event::Tick, Event::Request(r)] if r.request.req_seq == 2
         ));
+    }
+
+    /// However the core thread ends (shutdown, or a panic elsewhere while running the core),
+    /// the core is dropped with it: the service thread's queue closes, so that thread ends
+    /// and the server can stop; later inputs are refused.
+    #[test]
+    fn the_core_is_dropped_when_its_thread_ends_even_after_a_panic() {
+        let f = fixture();
+        for panicked in [false, true] {
+            let (core, queue, exec) = core_handle(&f);
+            let thread = {
+                let core = core.clone();
+                std::thread::spawn(move || core.run())
+            };
+            if panicked {
+                core.poison();
+                // The core thread finds the poison at its next round (at most 100 ms away).
+                queue.wake();
+            } else {
+                queue.send(CoreInput::Shutdown).unwrap();
+            }
+            thread.join().unwrap();
+            assert!(
+                matches!(
+                    exec.recv_timeout(std::time::Duration::from_secs(10)),
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+                ),
+                "the service thread's queue closed (panicked: {panicked})"
+            );
+            core.deliver(Event::Request(request(1, &f.client)), None);
+            assert!(queue.is_empty(), "refused once the core is gone");
+        }
     }
 
     #[test]

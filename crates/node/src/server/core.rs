@@ -50,10 +50,10 @@ pub(crate) enum ExecJob {
     },
 }
 
-/// The service, shared by the core thread and the service thread, and how much ordered work
-/// the service thread holds. Both execute ordered batches: the service thread normally, the
-/// core thread itself when it has nothing else to do and the service thread holds no ordered
-/// work (so the order is kept). At one client that saves two thread hand-offs per request (to
+/// The service, shared by the core and the service thread, and how much ordered work the
+/// service thread holds. Both execute ordered batches: the service thread normally, the core
+/// itself (on whichever thread runs it) when it has nothing else to do and the service thread
+/// holds no ordered work (so the order is kept). At one client that saves two thread hand-offs per request (to
 /// the service thread and back); under load the service thread executes while the core orders.
 pub(crate) struct SharedService {
     service: std::sync::Mutex<Box<dyn Service>>,
@@ -125,6 +125,8 @@ impl Clock {
 
 /// Requests whose arrival time is remembered for the latency histogram, at most.
 const LATENCY_TRACKED_MAX: usize = 100_000;
+/// Room an input handled in place needs in the storage queue (its records, generously).
+const STORAGE_ROOM_PER_INPUT: usize = 64;
 /// How often the core publishes its status and engine counters.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
@@ -143,7 +145,7 @@ pub(crate) struct CoreParts {
     pub metrics: Arc<Metrics>,
     pub status: Arc<StatusCell>,
     /// Durable mode: the storage thread's queue (bounded; the core waits when it is full,
-    /// since a record must never be dropped).
+    /// since a record must never be dropped; only the core thread runs the core then).
     pub storage_tx: Option<Sender<StorageJob>>,
     /// Actions to carry out before the first input ([`Replica::recover`]'s restore,
     /// re-executions and re-sent votes).
@@ -187,6 +189,7 @@ impl CoreHandle {
             flush: Flush::default(),
             on_core_thread: false,
             running: false,
+            inline_executions_left: 0,
             queue: self.queue.clone(),
             parts,
         };
@@ -195,17 +198,22 @@ impl CoreHandle {
     }
 
     /// Hand the core a verified input: handled here and now if the core is idle and nothing is
-    /// queued before it, else queued for the core thread.
+    /// queued before it, else queued for the core thread. Handled here, the work is bounded:
+    /// the input, any timer due, at most one batch executed (none that ends with a snapshot),
+    /// and in durable mode only while the storage queue has room (a full one would make this
+    /// thread wait for the disk).
     pub(crate) fn deliver(&self, event: Event, permit: Option<OwnedSemaphorePermit>) {
         if self.queue.is_empty() {
             // Only the lock holder takes inputs from the queue: holding it and finding the
-            // queue empty, no earlier input is waiting, and handling this one keeps the order.
+            // queue empty, no queued input is overtaken.
             if let Ok(mut guard) = self.core.try_lock() {
                 if let Some(core) = guard
                     .as_mut()
-                    .filter(|c| c.running && self.queue.is_empty())
+                    .filter(|c| c.running && c.storage_has_room() && self.queue.is_empty())
                 {
                     core.on_core_thread = false;
+                    core.inline_executions_left = 1;
+                    core.housekeeping();
                     core.input(event, permit);
                     core.settle();
                     let wake_at = self.wake_at_ms.load(Ordering::Acquire);
@@ -242,11 +250,24 @@ impl CoreHandle {
             .map_or(0, |c| c.parts.replica.pending_requests())
     }
 
+    /// Poison the core's lock, as a panic while running the core would.
+    #[cfg(test)]
+    pub(crate) fn poison(self: &Arc<Self>) {
+        let me = self.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = me.core.lock();
+            panic!("a panic while holding the core (test)");
+        })
+        .join();
+    }
+
     /// The core thread: queued inputs, timers, periodic status, until [`CoreInput::Shutdown`].
     /// A poisoned lock (a panic while some thread ran the core) ends it, which the server
-    /// reports as fatal.
+    /// reports as fatal. However it ends, the core is dropped with it: its queues to the
+    /// service and storage threads close, so those threads end and the server can stop.
     pub(crate) fn run(&self) {
         let _closed = self.queue.close_on_drop();
+        let _dropped = DropCore(&self.core);
         let Ok(mut guard) = self.core.lock() else {
             return;
         };
@@ -256,6 +277,7 @@ impl CoreHandle {
         };
         core.publish();
         core.on_core_thread = true;
+        core.inline_executions_left = usize::MAX;
         // The recovered state's actions go out before any input is handled.
         core.settle();
         core.running = true;
@@ -264,19 +286,10 @@ impl CoreHandle {
                 return;
             };
             core.on_core_thread = true;
+            core.inline_executions_left = usize::MAX;
             // Timers and status are looked at between any two inputs: a steady stream of
             // inputs must not starve them.
-            let now = core.parts.clock.now_ms();
-            if core.parts.replica.next_deadline().is_some_and(|d| d <= now) {
-                core.input(Event::Tick, None);
-                core.settle();
-            }
-            if core.last_publish.elapsed() >= PUBLISH_EVERY {
-                core.publish();
-                // Requests never answered here (stale, dropped) must not pin memory.
-                core.arrivals
-                    .retain(|_, t| t.elapsed() < Duration::from_secs(60));
-            }
+            core.housekeeping();
             match self.queue.try_recv() {
                 Some(CoreInput::Event(event, permit)) => {
                     core.input(event, permit);
@@ -291,6 +304,7 @@ impl CoreHandle {
                 }
                 None => {}
             }
+            let now = core.parts.clock.now_ms();
             let wait = core
                 .parts
                 .replica
@@ -314,6 +328,16 @@ impl CoreHandle {
     }
 }
 
+/// Drops the core when the core thread ends, by return or by panic, poisoned lock or not.
+struct DropCore<'a>(&'a Mutex<Option<Core>>);
+
+impl Drop for DropCore<'_> {
+    fn drop(&mut self) {
+        let core = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(core);
+    }
+}
+
 /// The core and the state of its current round of work.
 struct Core {
     parts: CoreParts,
@@ -333,9 +357,34 @@ struct Core {
     /// The core thread has carried out the recovered state's actions: other threads may run
     /// the core.
     running: bool,
+    /// Ordered batches this round may still execute in place (one on a delivering thread).
+    inline_executions_left: usize,
 }
 
 impl Core {
+    /// Fire the engine's timers if one is due; publish the status if it is time.
+    fn housekeeping(&mut self) {
+        let now = self.parts.clock.now_ms();
+        if self.parts.replica.next_deadline().is_some_and(|d| d <= now) {
+            self.input(Event::Tick, None);
+            self.settle();
+        }
+        if self.last_publish.elapsed() >= PUBLISH_EVERY {
+            self.publish();
+            // Requests never answered here (stale, dropped) must not pin memory.
+            self.arrivals
+                .retain(|_, t| t.elapsed() < Duration::from_secs(60));
+        }
+    }
+
+    /// Whether the storage queue (durable mode) can take an input's records without waiting.
+    fn storage_has_room(&self) -> bool {
+        self.parts.storage_tx.as_ref().is_none_or(|tx| {
+            tx.capacity()
+                .is_none_or(|cap| tx.len() + STORAGE_ROOM_PER_INPUT <= cap)
+        })
+    }
+
     fn input(&mut self, event: Event, permit: Option<OwnedSemaphorePermit>) {
         if let Event::Request(r) = &event {
             if !r.request.read_only && self.arrivals.len() < LATENCY_TRACKED_MAX {
@@ -401,12 +450,14 @@ impl Core {
                 // results before it stops counting the batch as pending.
                 if self.parts.service.pending.load(Ordering::Acquire) == 0
                     && self.queue.is_empty()
+                    && self.inline_executions_left > 0
                     && (self.on_core_thread || !snapshot)
                 {
+                    self.inline_executions_left -= 1;
                     // Idle, and the service thread holds no ordered work: execute here, once
                     // what earlier actions queued (replies, the next proposal) is on its way
-                    // (a batch that ends with a snapshot only on the core thread: a connection
-                    // task or verify thread is not held up that long).
+                    // (on a delivering thread one batch at most, and none that ends with a
+                    // snapshot: a connection task or verify thread is not held up that long).
                     self.flush.run(true);
                     let event =
                         execute(self.parts.service.lock().as_mut(), seq, &requests, snapshot);
