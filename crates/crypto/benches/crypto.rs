@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| assert!(me.verify(signer, &msg, &sig)))
     });
     let mut group = c.benchmark_group("ed25519_batch_verify_64B");
-    for size in [16usize, 64, 256] {
+    for size in [16usize, 32, 64, 96, 128, 192, 256] {
         let sigs: Vec<Vec<u8>> = (0..size).map(|i| clients[i % 64].sign(&msg)).collect();
         let items: Vec<VerifyItem<'_>> = sigs
             .iter()

@@ -141,6 +141,12 @@ impl VerifiedCache {
 
     /// Verify every signature (batch-verified, cached ones skipped); one verdict per signature.
     pub fn verify_each(&self, auth: &NodeAuth, sigs: &[RecordedSig]) -> Vec<bool> {
+        self.verify_each_counted(auth, sigs).0
+    }
+
+    /// [`VerifiedCache::verify_each`], and how many signatures were verified (not found in
+    /// the cache), i.e. the size of the batch handed to the verifier.
+    pub fn verify_each_counted(&self, auth: &NodeAuth, sigs: &[RecordedSig]) -> (Vec<bool>, usize) {
         let keys: Vec<[u8; 32]> = sigs.iter().map(RecordedSig::key).collect();
         let mut verdicts = vec![false; sigs.len()];
         let mut todo = Vec::with_capacity(sigs.len());
@@ -154,6 +160,7 @@ impl VerifiedCache {
             }
         }
         let items: Vec<VerifyItem<'_>> = todo.iter().map(|&i| sigs[i].item()).collect();
+        let verified = items.len();
         let fresh = auth.verify_each(&items);
         if let Ok(mut guard) = self.inner.lock() {
             let (set, order) = &mut *guard;
@@ -169,7 +176,7 @@ impl VerifiedCache {
                 }
             }
         }
-        verdicts
+        (verdicts, verified)
     }
 
     /// Signatures remembered.
@@ -231,8 +238,13 @@ mod tests {
                 sig: b.sign(&[i]),
             })
             .collect();
-        assert_eq!(cache.verify_each(&a, &sigs), vec![true; 5]);
+        assert_eq!(cache.verify_each_counted(&a, &sigs), (vec![true; 5], 5));
         assert_eq!(cache.len(), 3);
+        assert_eq!(
+            cache.verify_each_counted(&a, &sigs[2..]),
+            (vec![true; 3], 0),
+            "the three newest are cached: nothing verified"
+        );
         // A cached triple with one byte changed is not a hit.
         let mut forged = sigs[4].clone();
         forged.bytes = vec![99];

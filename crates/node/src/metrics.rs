@@ -70,6 +70,9 @@ pub struct Metrics {
     pub bytes_out: Counter,
     /// Seconds from a request's arrival at this replica to its reply.
     pub request_latency: Histogram,
+    /// Ed25519 signatures verified together by the verify pool (after the cache), per batch:
+    /// larger batches cost less per signature.
+    pub verify_batch: Histogram,
     /// Durable mode: write-ahead log syncs (one fsync per group of records).
     pub storage_syncs: Counter,
     /// Durable mode: stable checkpoints saved to disk (a newer one may replace one not saved
@@ -125,6 +128,7 @@ impl Metrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             request_latency: Histogram::new(exponential_buckets(50e-6, 2.0, 18)),
+            verify_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             storage_syncs: Counter::default(),
             snapshots_saved: Counter::default(),
             storage_records: Counter::default(),
@@ -256,6 +260,11 @@ impl Metrics {
             "request_latency_seconds",
             "From a request's arrival at this replica to its reply",
             m.request_latency.clone(),
+        );
+        r.register(
+            "verify_batch_signatures",
+            "Ed25519 signatures verified together in one batch by the verify pool",
+            m.verify_batch.clone(),
         );
         r.register(
             "snapshots_saved",

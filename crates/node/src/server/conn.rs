@@ -161,7 +161,10 @@ impl Verifier {
                 }
             }
         }
-        let verdicts = self.cache.verify_each(&self.auth, &sigs);
+        let (verdicts, verified) = self.cache.verify_each_counted(&self.auth, &sigs);
+        if verified > 0 {
+            self.metrics.verify_batch.observe(verified as f64);
+        }
         for (input, range) in inputs.into_iter().zip(ranges) {
             if verdicts[range].iter().all(|ok| *ok) {
                 self.deliver(input);
