@@ -187,9 +187,8 @@ impl CoreHandle {
             last_settled: SettledVotes::default(),
             last_publish: Instant::now(),
             flush: Flush::default(),
-            on_core_thread: false,
+            runner: Runner::CoreThread,
             running: false,
-            inline_executions_left: 0,
             queue: self.queue.clone(),
             parts,
         };
@@ -211,8 +210,7 @@ impl CoreHandle {
                     .as_mut()
                     .filter(|c| c.running && c.storage_has_room() && self.queue.is_empty())
                 {
-                    core.on_core_thread = false;
-                    core.inline_executions_left = 1;
+                    core.runner = Runner::Delivering { may_execute: true };
                     core.housekeeping();
                     core.input(event, permit);
                     core.settle();
@@ -266,8 +264,7 @@ impl CoreHandle {
     /// reports as fatal. However it ends, the core is dropped with it: its queues to the
     /// service and storage threads close, so those threads end and the server can stop.
     pub(crate) fn run(&self) {
-        let _closed = self.queue.close_on_drop();
-        let _dropped = DropCore(&self.core);
+        let _stopped = Stopped(self);
         let Ok(mut guard) = self.core.lock() else {
             return;
         };
@@ -276,8 +273,7 @@ impl CoreHandle {
             return;
         };
         core.publish();
-        core.on_core_thread = true;
-        core.inline_executions_left = usize::MAX;
+        core.runner = Runner::CoreThread;
         // The recovered state's actions go out before any input is handled.
         core.settle();
         core.running = true;
@@ -285,8 +281,7 @@ impl CoreHandle {
             let Some(core) = guard.as_mut() else {
                 return;
             };
-            core.on_core_thread = true;
-            core.inline_executions_left = usize::MAX;
+            core.runner = Runner::CoreThread;
             // Timers and status are looked at between any two inputs: a steady stream of
             // inputs must not starve them.
             core.housekeeping();
@@ -328,14 +323,27 @@ impl CoreHandle {
     }
 }
 
-/// Drops the core when the core thread ends, by return or by panic, poisoned lock or not.
-struct DropCore<'a>(&'a Mutex<Option<Core>>);
+/// When the core thread ends, by return or by panic, poisoned lock or not: drops the core
+/// (closing its queues to the service and storage threads), then closes the input queue (the
+/// producers learn that the core is gone).
+struct Stopped<'a>(&'a CoreHandle);
 
-impl Drop for DropCore<'_> {
+impl Drop for Stopped<'_> {
     fn drop(&mut self) {
-        let core = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let core = self.0.core.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(core);
+        self.0.queue.close();
     }
+}
+
+/// Which thread runs the core in the current round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Runner {
+    /// The core thread: it may execute any number of batches in place.
+    CoreThread,
+    /// A connection task or verify pool thread, which must not be held up long: one batch
+    /// at most, and none that ends with a snapshot.
+    Delivering { may_execute: bool },
 }
 
 /// The core and the state of its current round of work.
@@ -351,14 +359,10 @@ struct Core {
     last_settled: SettledVotes,
     /// Frames queued while carrying out the actions of one input, sent once they all are.
     flush: Flush,
-    /// Whether the core thread runs the core now (rather than a connection task or a verify
-    /// pool thread, which must not be held up by a snapshot).
-    on_core_thread: bool,
+    runner: Runner,
     /// The core thread has carried out the recovered state's actions: other threads may run
     /// the core.
     running: bool,
-    /// Ordered batches this round may still execute in place (one on a delivering thread).
-    inline_executions_left: usize,
 }
 
 impl Core {
@@ -374,6 +378,18 @@ impl Core {
             // Requests never answered here (stale, dropped) must not pin memory.
             self.arrivals
                 .retain(|_, t| t.elapsed() < Duration::from_secs(60));
+        }
+    }
+
+    /// Whether the runner may execute a batch (ending with a snapshot or not) here; counts it.
+    fn may_execute_in_place(&mut self, snapshot: bool) -> bool {
+        match &mut self.runner {
+            Runner::CoreThread => true,
+            Runner::Delivering { may_execute } => {
+                let yes = *may_execute && !snapshot;
+                *may_execute &= !yes;
+                yes
+            }
         }
     }
 
@@ -450,10 +466,8 @@ impl Core {
                 // results before it stops counting the batch as pending.
                 if self.parts.service.pending.load(Ordering::Acquire) == 0
                     && self.queue.is_empty()
-                    && self.inline_executions_left > 0
-                    && (self.on_core_thread || !snapshot)
+                    && self.may_execute_in_place(snapshot)
                 {
-                    self.inline_executions_left -= 1;
                     // Idle, and the service thread holds no ordered work: execute here, once
                     // what earlier actions queued (replies, the next proposal) is on its way
                     // (on a delivering thread one batch at most, and none that ends with a

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The queue was closed: its consumer is gone.
@@ -141,12 +141,6 @@ impl<T> CoreQueue<T> {
         drop(dropped);
     }
 
-    /// A guard that closes the queue when dropped: the consumer's thread holds it, so the
-    /// producers learn that the consumer is gone however its thread ends (return or panic).
-    pub(crate) fn close_on_drop(self: &Arc<Self>) -> CloseOnDrop<T> {
-        CloseOnDrop(self.clone())
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Acquire)
     }
@@ -156,19 +150,17 @@ impl<T> CoreQueue<T> {
     }
 }
 
-/// Closes its queue when dropped ([`CoreQueue::close_on_drop`]).
-#[derive(Debug)]
-pub(crate) struct CloseOnDrop<T>(Arc<CoreQueue<T>>);
-
-impl<T> Drop for CloseOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// Spin (yielding) until the consumer sleeps in [`CoreQueue::wait`].
+    fn until_sleeping<T>(q: &CoreQueue<T>) {
+        while !q.lock().sleeping {
+            std::thread::yield_now();
+        }
+    }
 
     #[test]
     fn items_come_out_in_order_and_an_empty_queue_times_out() {
@@ -201,7 +193,9 @@ mod tests {
                     for i in 0..EACH {
                         q.send((p, i)).unwrap();
                         if i % 1000 == 0 {
-                            std::thread::sleep(Duration::from_millis(1));
+                            // Let the consumer catch up and go to sleep, so pushes meet a
+                            // sleeper as well as a busy consumer.
+                            until_sleeping(&q);
                         }
                     }
                 })
@@ -245,10 +239,8 @@ mod tests {
         let waker = {
             let q = q.clone();
             std::thread::spawn(move || {
-                // Wait until the consumer sleeps, so the wake meets a sleeper.
-                while !q.lock().sleeping {
-                    std::thread::yield_now();
-                }
+                // Wake only a sleeping consumer.
+                until_sleeping(&q);
                 q.wake();
             })
         };
@@ -268,8 +260,7 @@ mod tests {
         let held = Arc::new(());
         q.send(held.clone()).unwrap();
         assert_eq!(Arc::strong_count(&held), 2);
-        let q = Arc::new(q);
-        drop(q.close_on_drop());
+        q.close();
         assert_eq!(Arc::strong_count(&held), 1, "queued items are dropped");
         assert_eq!(q.send(held.clone()), Err(Closed));
         assert_eq!(Arc::strong_count(&held), 1, "a refused item is dropped");
