@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use shieldwall_core::client_table::ClientTable;
 use shieldwall_core::message::{
-    batch_digest, encode, CheckpointCert, CommittedBatch, Fetch, FetchReply, NewView, PrePrepare,
-    PreparedCert, Signed, StateSnapshot, ViewChange, Vote,
+    batch_digest, encode, Authenticated, CheckpointCert, CommittedBatch, Fetch, FetchReply,
+    NewView, PrePrepare, PreparedCert, Signed, StateSnapshot, ViewChange, Vote,
 };
 use shieldwall_core::verify::verify_message;
 use shieldwall_core::{
@@ -129,7 +129,15 @@ fn messages() -> Vec<(&'static str, Message)> {
     let mut out = vec![
         ("pre_prepare", Message::PrePrepare(signed(0, pp0.clone()))),
         ("prepare", Message::Prepare(vote(1, &pp0))),
-        ("commit", Message::Commit(vote(2, &pp0))),
+        (
+            "commit",
+            Message::Commit(Authenticated {
+                from: 2,
+                body: vote(2, &pp0).body,
+                // `repair` computes the MAC vector.
+                macs: Vec::new(),
+            }),
+        ),
         (
             "checkpoint",
             Message::Checkpoint(signed(
@@ -186,7 +194,6 @@ fn messages() -> Vec<(&'static str, Message)> {
                     snapshot: Some(snapshot.manifest(four_replicas(0).chunk())),
                     batches: vec![CommittedBatch {
                         pre_prepare: pp65.clone(),
-                        commits: vec![vote(0, &pp65), vote(1, &pp65), vote(2, &pp65)],
                     }],
                 },
             )),

@@ -8,7 +8,7 @@
 
 use shieldwall_core::message::{
     batch_digest, vote_signing_bytes, CheckpointCert, CommittedBatch, Phase, PrePrepare,
-    PreparedCert, Signable, Signed, SnapshotManifest, ViewChange, Vote,
+    PreparedCert, Signable, Signed, SnapshotManifest, ViewChange, Vote, MAC_BYTES,
 };
 use shieldwall_core::{
     Authenticator, Config, FaultModel, Message, Principal, ReplicaId, RequestAuth, SimAuth,
@@ -135,6 +135,18 @@ fn sign_replica(from: ReplicaId, bytes: &[u8]) -> Vec<u8> {
     sim_sign(Principal::Replica(from), bytes)
 }
 
+/// `from`'s MAC vector over `bytes` for the four replicas (its own entry zeros), as a COMMIT
+/// carries it.
+fn mac_vector(from: ReplicaId, bytes: &[u8]) -> Vec<u8> {
+    let auth = SimAuth::new(Principal::Replica(from), SIM_SEED);
+    (0..4)
+        .flat_map(|to| match to == from {
+            true => [0; MAC_BYTES],
+            false => auth.mac(Principal::Replica(to), bytes),
+        })
+        .collect()
+}
+
 fn repair_batch(pp: &mut PrePrepare, how: Repair) {
     if how.sign {
         for r in &mut pp.batch {
@@ -208,8 +220,6 @@ fn repair_view_change(config: &Config, vc: &mut ViewChange, how: Repair) {
 
 fn repair_committed_batch(b: &mut CommittedBatch, how: Repair) {
     repair_batch(&mut b.pre_prepare, how);
-    let expected = vote_of(&b.pre_prepare);
-    repair_votes(&mut b.commits, Phase::Commit, expected, how);
 }
 
 fn repair_manifest(config: &Config, s: &mut SnapshotManifest, how: Repair) {
@@ -283,10 +293,12 @@ pub fn repair(config: &Config, m: &mut Message, how: Repair) {
         }
     }
     if how.sign {
-        let sig = sign_replica(m.from(), &m.signing_bytes());
+        let (from, bytes) = (m.from(), m.signing_bytes());
+        let sig = sign_replica(from, &bytes);
         match m {
             Message::PrePrepare(s) => s.sig = sig,
-            Message::Prepare(s) | Message::Commit(s) => s.sig = sig,
+            Message::Prepare(s) => s.sig = sig,
+            Message::Commit(s) => s.macs = mac_vector(from, &bytes),
             Message::Checkpoint(s) => s.sig = sig,
             Message::ViewChange(s) => s.sig = sig,
             Message::NewView(s) => s.sig = sig,

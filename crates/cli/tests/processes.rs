@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use redis::Commands;
-use shieldwall_core::message::{Signed, Vote};
+use shieldwall_core::message::{Authenticated, Signed, Vote};
 use shieldwall_core::{
     Authenticator, Digest, Message, Principal, Request, RequestAuth, SignedRequest,
 };
@@ -285,10 +285,6 @@ fn a_fake_replica_cannot_disturb_the_cluster() {
                     seq: 1 + round,
                     batch_digest: Digest([round as u8; 32]),
                 };
-                let bytes = shieldwall_core::message::vote_signing_bytes(
-                    shieldwall_core::message::Phase::Commit,
-                    &vote,
-                );
                 // The forged vote names a slot no replica reaches: votes for slots a replica
                 // already committed are dropped before their signature is checked (ADR 013),
                 // so a forgery there would be dropped, not counted.
@@ -296,27 +292,43 @@ fn a_fake_replica_cannot_disturb_the_cluster() {
                     seq: 1 << 40,
                     ..vote
                 };
-                let forged = Message::Commit(Signed {
+                // COMMITs carry a MAC per replica (ADR 017), PREPAREs a signature.
+                let macs = |a: &NodeAuth, bytes: &[u8]| -> Vec<u8> {
+                    (0..4u32)
+                        .flat_map(|r| match r {
+                            3 => [0; 32],
+                            r => a.mac(Principal::Replica(r), bytes),
+                        })
+                        .collect()
+                };
+                let far_bytes = shieldwall_core::message::commit_mac_bytes(3, &far);
+                let forged = Message::Commit(Authenticated {
+                    from: 3,
+                    body: far,
+                    macs: macs(&wrong_auth, &far_bytes),
+                });
+                let forged_prepare = Message::Prepare(Signed {
                     from: 3,
                     body: far,
                     sig: wrong_auth.sign(&shieldwall_core::message::vote_signing_bytes(
-                        shieldwall_core::message::Phase::Commit,
+                        shieldwall_core::message::Phase::Prepare,
                         &far,
                     )),
                 });
-                let impersonation = Message::Commit(Signed {
+                let impersonation = Message::Commit(Authenticated {
                     from: 1,
                     body: vote,
-                    sig: auth.sign(&bytes),
+                    macs: macs(&auth, &shieldwall_core::message::commit_mac_bytes(1, &vote)),
                 });
-                // A validly signed vote, replayed: counted once, then rejected as a duplicate
-                // (or as out of window once the cluster's checkpoints moved past it).
-                let replayed = Message::Commit(Signed {
+                // A valid vote, replayed: counted once, then rejected as a duplicate (or as
+                // out of window once the cluster's checkpoints moved past it).
+                let replayed = Message::Commit(Authenticated {
                     from: 3,
                     body: vote,
-                    sig: auth.sign(&bytes),
+                    macs: macs(&auth, &shieldwall_core::message::commit_mac_bytes(3, &vote)),
                 });
                 conn.send(&Frame::Peer(forged)).await.unwrap();
+                conn.send(&Frame::Peer(forged_prepare)).await.unwrap();
                 for _ in 0..50 {
                     conn.send(&Frame::Peer(replayed.clone())).await.unwrap();
                 }
@@ -381,7 +393,11 @@ fn a_fake_replica_cannot_disturb_the_cluster() {
         );
         assert!(
             m("reason=\"bad_signature\"") >= 20.0,
-            "replica {i}: forged votes"
+            "replica {i}: forged prepares"
+        );
+        assert!(
+            m("reason=\"bad_replica_mac\"") >= 20.0,
+            "replica {i}: forged commits"
         );
         assert!(
             m("reason=\"sender_not_peer\"") >= 20.0,

@@ -105,7 +105,7 @@ pub struct Config {
     pub view_change_timeout_ms: u64,
     /// Upper bound of the doubling view-change timeout.
     pub view_change_timeout_max_ms: u64,
-    /// How long a replica waits on a state-transfer peer before asking another.
+    /// How long a replica waits on its state-transfer peers before asking the next ones.
     pub fetch_timeout_ms: u64,
     /// The client window W: requests a client (lane) may have in flight. A replica keeps up
     /// to 2W pending (received, not executed) requests per client, since one executing behind
@@ -298,6 +298,16 @@ impl Config {
     /// Replicas needed so that at least one is correct: f+1.
     pub fn weak_quorum(&self) -> usize {
         self.f as usize + 1
+    }
+
+    /// Replicas that must send the same batch for a sequence number before a replica catching
+    /// up accepts it as committed (ADR 017): f+1 in Byzantine mode, so that one is correct; one
+    /// in crash mode, where replicas do not lie.
+    pub fn fetch_agreement(&self) -> usize {
+        match self.fault_model {
+            FaultModel::Byzantine => self.weak_quorum(),
+            FaultModel::Crash => 1,
+        }
     }
 
     /// Matching replies a client needs for an ordered request: a quorum, so that every

@@ -29,8 +29,8 @@ mod replica;
 pub use auth::{Authenticator, Ed25519Auth, SimAuth, VerifyItem};
 pub use config::{Config, ConfigError, Durability, FaultModel};
 pub use message::{
-    Checkpoint, CheckpointCert, CommittedBatch, Fetch, FetchReply, Forward, Message, NewView,
-    PieceInfo, PrePrepare, PreparedCert, Record, Reply, Request, RequestAuth, Signed,
+    Authenticated, Checkpoint, CheckpointCert, CommittedBatch, Fetch, FetchReply, Forward, Message,
+    NewView, PieceInfo, PrePrepare, PreparedCert, Record, Reply, Request, RequestAuth, Signed,
     SignedRequest, StateSnapshot, ViewChange, Vote, MAC_BYTES,
 };
 pub use replica::{compute_new_view, RecoverError, Replica, SettledVotes, Stats, Status};
@@ -95,7 +95,8 @@ pub enum Action {
     Execute {
         /// Sequence number of the batch.
         seq: Seq,
-        /// View the batch committed in.
+        /// View of the batch's proposal (for a batch accepted in state transfer, the view one
+        /// of the agreeing peers reported; informational, it does not decide what executes).
         view: View,
         /// Requests to run, in order.
         requests: Vec<Request>,

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use shieldwall_core::message::Signable;
 use shieldwall_core::message::{batch_digest, encode};
 use shieldwall_core::{
-    Authenticator, CheckpointCert, ClientId, Digest, Message, ReplicaId, Reply, Request,
+    Authenticator, CheckpointCert, ClientId, Digest, Message, Principal, ReplicaId, Reply, Request,
     RequestAuth, Signed, SignedRequest, ViewChange, MAC_BYTES,
 };
 
@@ -78,7 +78,8 @@ pub struct Byzantine {
 fn view_of(message: &Message) -> Option<u64> {
     Some(match message {
         Message::PrePrepare(m) => m.body.view,
-        Message::Prepare(m) | Message::Commit(m) => m.body.view,
+        Message::Prepare(m) => m.body.view,
+        Message::Commit(m) => m.body.view,
         Message::ViewChange(m) => m.body.new_view,
         Message::NewView(m) => m.body.view,
         Message::Fetch(m) => m.body.view,
@@ -99,7 +100,8 @@ fn genesis() -> CheckpointCert {
 fn set_sig(message: &mut Message, sig: Vec<u8>) {
     match message {
         Message::PrePrepare(m) => m.sig = sig,
-        Message::Prepare(m) | Message::Commit(m) => m.sig = sig,
+        Message::Prepare(m) => m.sig = sig,
+        Message::Commit(m) => m.macs = sig,
         Message::Checkpoint(m) => m.sig = sig,
         Message::ViewChange(m) => m.sig = sig,
         Message::NewView(m) => m.sig = sig,
@@ -114,7 +116,8 @@ fn set_sig(message: &mut Message, sig: Vec<u8>) {
 fn set_from(message: &mut Message, from: ReplicaId) {
     match message {
         Message::PrePrepare(m) => m.from = from,
-        Message::Prepare(m) | Message::Commit(m) => m.from = from,
+        Message::Prepare(m) => m.from = from,
+        Message::Commit(m) => m.from = from,
         Message::Checkpoint(m) => m.from = from,
         Message::ViewChange(m) => m.from = from,
         Message::NewView(m) => m.from = from,
@@ -151,9 +154,44 @@ impl Byzantine {
         self.fault
     }
 
+    /// Authenticate `message` again as this replica: sign it, or for a COMMIT compute its
+    /// MAC vector with this replica's pairwise keys.
     fn resign(&self, message: &mut Message) {
-        let sig = self.auth.sign(&message.signing_bytes());
+        let bytes = message.signing_bytes();
+        let sig = match message {
+            Message::Commit(_) => (0..self.n)
+                .flat_map(|peer| match peer == self.id {
+                    true => [0; MAC_BYTES],
+                    false => self.auth.mac(Principal::Replica(peer), &bytes),
+                })
+                .collect(),
+            _ => self.auth.sign(&bytes),
+        };
         set_sig(message, sig);
+    }
+
+    /// A write of "forged" to key k0 as client 0, with a random authenticator: no correct
+    /// replica can have executed it.
+    fn forged_request(&mut self) -> SignedRequest {
+        SignedRequest {
+            request: Request {
+                client: 0,
+                req_seq: self.rng.gen_range(1..50),
+                read_only: false,
+                op: KvOp::Put(b"k0".to_vec(), b"forged".to_vec())
+                    .encode()
+                    .into(),
+            },
+            auth: if self.rng.gen_bool(0.5) {
+                RequestAuth::Signature((0..64).map(|_| self.rng.gen()).collect())
+            } else {
+                RequestAuth::Macs(
+                    (0..MAC_BYTES * self.n as usize)
+                        .map(|_| self.rng.gen())
+                        .collect(),
+                )
+            },
+        }
     }
 
     fn random_digest(&mut self) -> Digest {
@@ -175,25 +213,7 @@ impl Byzantine {
             ReplicaFault::ForgeRequest => {
                 let mut m = message.clone();
                 if let Message::PrePrepare(pp) = &mut m {
-                    let forged = SignedRequest {
-                        request: Request {
-                            client: 0,
-                            req_seq: self.rng.gen_range(1..50),
-                            read_only: false,
-                            op: KvOp::Put(b"k0".to_vec(), b"forged".to_vec())
-                                .encode()
-                                .into(),
-                        },
-                        auth: if self.rng.gen_bool(0.5) {
-                            RequestAuth::Signature((0..64).map(|_| self.rng.gen()).collect())
-                        } else {
-                            RequestAuth::Macs(
-                                (0..MAC_BYTES * self.n as usize)
-                                    .map(|_| self.rng.gen())
-                                    .collect(),
-                            )
-                        },
-                    };
+                    let forged = self.forged_request();
                     let at = self.rng.gen_range(0..=pp.body.batch.len());
                     pp.body.batch.insert(at, forged);
                     pp.body.batch_digest = batch_digest(&pp.body.batch);
@@ -249,14 +269,20 @@ impl Byzantine {
                                 snap.service_len += 1;
                             }
                         }
+                        // Batches it claims committed that no correct replica committed,
+                        // consistent with their digests: a forged write slipped in, or the
+                        // batch reordered and cut.
+                        let forge = self.rng.gen_bool(0.5);
+                        let forged = self.forged_request();
                         if let Some(b) = r.body.batches.last_mut() {
-                            if self.rng.gen_bool(0.5) || b.pre_prepare.batch.is_empty() {
-                                b.commits.truncate(1);
+                            let batch = &mut b.pre_prepare.batch;
+                            if forge || batch.is_empty() {
+                                batch.insert(0, forged);
                             } else {
-                                b.pre_prepare.batch.reverse();
-                                b.pre_prepare.batch.pop();
-                                b.pre_prepare.batch_digest = batch_digest(&b.pre_prepare.batch);
+                                batch.reverse();
+                                batch.pop();
                             }
+                            b.pre_prepare.batch_digest = batch_digest(batch);
                         }
                     }
                     Message::Checkpoint(c) if self.rng.gen_bool(0.5) => {
@@ -299,9 +325,8 @@ impl Byzantine {
                 let mut m = message.clone();
                 let flip = self.rng.gen_bool(0.5);
                 match &mut m {
-                    Message::Prepare(v) | Message::Commit(v) if flip => {
-                        v.body.batch_digest = self.random_digest();
-                    }
+                    Message::Prepare(v) if flip => v.body.batch_digest = self.random_digest(),
+                    Message::Commit(v) if flip => v.body.batch_digest = self.random_digest(),
                     Message::Checkpoint(c) if flip => c.body.state_digest = self.random_digest(),
                     _ => {}
                 }
@@ -332,7 +357,10 @@ impl Byzantine {
                     Message::PrePrepare(pp) => {
                         pp.body.batch_digest = self.random_digest();
                     }
-                    Message::Prepare(v) | Message::Commit(v) if self.rng.gen_bool(0.5) => {
+                    Message::Prepare(v) if self.rng.gen_bool(0.5) => {
+                        v.body.batch_digest = batch_digest(&[]);
+                    }
+                    Message::Commit(v) if self.rng.gen_bool(0.5) => {
                         v.body.batch_digest = batch_digest(&[]);
                     }
                     _ => {}
@@ -348,11 +376,16 @@ impl Byzantine {
                 if self.rng.gen_bool(0.5) && self.n > 1 {
                     let other = (self.id + self.rng.gen_range(1..self.n)) % self.n;
                     set_from(&mut m, other);
+                    if self.rng.gen_bool(0.5) {
+                        // Another's name on its own authenticator.
+                        out.push(encode(&m));
+                        return out;
+                    }
                 }
-                let len = if self.rng.gen_bool(0.8) {
-                    32
-                } else {
-                    self.rng.gen_range(0..80)
+                let len = match self.rng.gen_bool(0.8) {
+                    true if matches!(m, Message::Commit(_)) => MAC_BYTES * self.n as usize,
+                    true => 32,
+                    false => self.rng.gen_range(0..80),
                 };
                 let sig: Vec<u8> = (0..len).map(|_| self.rng.gen()).collect();
                 set_sig(&mut m, sig);

@@ -13,7 +13,7 @@ pub type Lsn = u64;
 /// Magic bytes opening every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SHWLWAL\n";
 /// Version of the segment format written by this build (the only one it reads).
-pub const SEGMENT_VERSION: u32 = 1;
+pub const SEGMENT_VERSION: u32 = 2;
 /// Bytes of the segment header: magic (8), version (4), first LSN (8), crc32c (4).
 pub const SEGMENT_HEADER_BYTES: u64 = 24;
 /// Bytes before a record's payload: length (4), crc32c (4), key (8).

@@ -20,7 +20,7 @@ fn request(i: u64) -> SignedRequest {
 
 fn bench(c: &mut Criterion) {
     let dec = Decoder::new(64 << 20);
-    let vote = Frame::Peer(Message::Commit(Signed {
+    let vote = Frame::Peer(Message::Prepare(Signed {
         from: 1,
         body: Vote {
             view: 0,

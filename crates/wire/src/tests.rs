@@ -1,6 +1,6 @@
 use super::*;
 use proptest::prelude::*;
-use shieldwall_core::message::{Fetch, PrePrepare, Signed, Vote};
+use shieldwall_core::message::{Authenticated, Fetch, PrePrepare, Signed, Vote};
 use shieldwall_core::{Digest, Reply, Request, RequestAuth};
 
 fn arb_principal() -> impl Strategy<Value = Principal> {
@@ -63,7 +63,11 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         ".{0,40}".prop_map(|reason| Frame::Refused(Refused { reason })),
         Just(Frame::Accepted),
         arb_request().prop_map(Frame::Request),
-        arb_vote().prop_map(|v| Frame::Peer(Message::Commit(v))),
+        arb_vote().prop_map(|v| Frame::Peer(Message::Commit(Authenticated {
+            from: v.from,
+            body: v.body,
+            macs: v.sig,
+        }))),
         arb_vote().prop_map(|v| Frame::Peer(Message::Prepare(v))),
         (
             any::<u32>(),

@@ -6,10 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shieldwall_core::message::{batch_digest, vote_signing_bytes, Phase, Signable};
+use shieldwall_core::message::{
+    batch_digest, commit_mac_bytes, vote_signing_bytes, Phase, Signable,
+};
 use shieldwall_core::{
-    Action, Authenticator, Config, Event, FaultModel, Message, PrePrepare, Principal, Replica,
-    Request, RequestAuth, Signed, SignedRequest, SimAuth, Vote,
+    Action, Authenticated, Authenticator, Config, Event, FaultModel, Message, PrePrepare,
+    Principal, Replica, Request, RequestAuth, Signed, SignedRequest, SimAuth, Vote,
 };
 
 const SEED: [u8; 32] = [3; 32];
@@ -70,11 +72,14 @@ pub fn messages(batch_size: usize) -> Vec<Vec<Event>> {
                 })));
             }
             for r in [0, 2, 3] {
-                let sig = signer(r).sign(&vote_signing_bytes(Phase::Commit, &vote));
-                events.push(Event::Message(Message::Commit(Signed {
+                let bytes = commit_mac_bytes(r, &vote);
+                let macs = (0..4)
+                    .flat_map(|to| signer(r).mac(Principal::Replica(to), &bytes))
+                    .collect();
+                events.push(Event::Message(Message::Commit(Authenticated {
                     from: r,
                     body: vote,
-                    sig,
+                    macs,
                 })));
             }
             events

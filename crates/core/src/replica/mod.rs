@@ -69,13 +69,13 @@ pub(crate) struct Slot {
     pub(crate) pre_prepare: Option<Signed<PrePrepare>>,
     /// Prepares of the current view, one per replica.
     pub(crate) prepares: BTreeMap<ReplicaId, Signed<Vote>>,
-    /// Commits of the current view, one per replica.
-    pub(crate) commits: BTreeMap<ReplicaId, Signed<Vote>>,
+    /// Commits of the current view, one per replica (each checked by its MAC, ADR 017).
+    pub(crate) commits: BTreeMap<ReplicaId, Vote>,
     /// Whether this replica sent its commit in the current view.
     pub(crate) sent_commit: bool,
     /// The highest-view prepared certificate this replica holds (survives view changes).
     pub(crate) prepared_cert: Option<PreparedCert>,
-    /// The committed batch and its commit certificate, once committed.
+    /// The committed batch, once committed.
     pub(crate) committed: Option<crate::message::CommittedBatch>,
 }
 
@@ -83,8 +83,8 @@ pub(crate) struct Slot {
 /// numbers in `executed + 1 ..= prepared` (those slots are prepared in `view`: the replica
 /// has cast its commit), and COMMITs of `view` up to `committed` (those slots are committed or
 /// executed here; a commit only ever counts towards this replica's own commit decision). The
-/// runtime drops them before checking their signatures ([`Replica::settled_votes`]); the
-/// engine would only store them.
+/// runtime drops them before checking their signatures or MACs ([`Replica::settled_votes`]);
+/// the engine would only store them.
 ///
 /// PREPAREs for executed slots are not covered: after a view change the new leader
 /// re-proposes slots above the stable checkpoint, and a replica that executed one must
@@ -297,9 +297,10 @@ pub(crate) struct Transfer {
 }
 
 /// An outstanding state-transfer request.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct FetchState {
-    pub(crate) peer: ReplicaId,
+    /// The peers asked ([`Config::fetch_agreement`] of them).
+    pub(crate) peers: Vec<ReplicaId>,
     pub(crate) deadline_ms: u64,
 }
 
@@ -355,6 +356,10 @@ pub struct Replica {
     pub(crate) fetch: Option<FetchState>,
     pub(crate) fetch_target: Seq,
     pub(crate) last_fetch_peer: ReplicaId,
+    /// Batches peers sent in fetch replies and that are not yet accepted: per sequence number,
+    /// the batch each peer vouched for (one per peer, so a liar holds at most one entry per
+    /// slot of the window). A batch is accepted once [`Config::fetch_agreement`] peers sent it.
+    pub(crate) vouched: BTreeMap<Seq, BTreeMap<ReplicaId, crate::message::CommittedBatch>>,
     /// A snapshot being fetched in pieces.
     pub(crate) transfer: Option<Transfer>,
     /// The manifest of the stable state (computed on the first request for it).
@@ -448,6 +453,7 @@ impl Replica {
             fetch: None,
             fetch_target: 0,
             last_fetch_peer: id,
+            vouched: BTreeMap::new(),
             transfer: None,
             stable_manifest: None,
             previous_state: None,
@@ -655,7 +661,7 @@ impl Replica {
     }
     /// The highest sequence number this replica knows to be committed: its own committed
     /// slots and stable checkpoint, and what peers showed it (checkpoints of f+1 replicas
-    /// beyond its window, batches offered in state transfer). A replica whose
+    /// beyond its window, batches accepted in state transfer). A replica whose
     /// [`Replica::last_executed`] is far below it is behind.
     pub fn known_committed(&self) -> Seq {
         let own = self

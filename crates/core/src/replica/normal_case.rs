@@ -1,12 +1,14 @@
 //! Normal-case ordering (PBFT 4.2, Multi-Paxos phase 2): adaptive batching and pipelining at
 //! the leader, pre-prepare / prepare / commit at every replica, in-order execution.
 
-use super::{InFlight, Replica, Status};
+use std::collections::BTreeMap;
+
+use super::{InFlight, Replica, Slot, Status};
 use crate::message::{
-    batch_digest, vote_signing_bytes, CommittedBatch, Message, Phase, PrePrepare, PreparedCert,
-    Record, Reply, Signable, Signed, Vote,
+    batch_digest, commit_mac_bytes, vote_signing_bytes, Authenticated, CommittedBatch, Message,
+    Phase, PrePrepare, PreparedCert, Record, Reply, Signable, Signed, Vote, MAC_BYTES,
 };
-use crate::types::{ReplicaId, Seq, View};
+use crate::types::{Principal, ReplicaId, Seq, View};
 use crate::verify::Reject;
 use crate::Action;
 
@@ -15,6 +17,24 @@ use crate::Action;
 const FUTURE_MESSAGES_MAX: usize = 1024;
 /// How many views ahead such messages may be.
 const FUTURE_VIEWS_MAX: View = 2;
+
+/// What a slot keeps of a vote: the signed PREPARE (it goes into prepared certificates) or
+/// the COMMIT's vote (checked by its MAC, it proves nothing to others).
+trait VoteOf {
+    fn vote(&self) -> &Vote;
+}
+
+impl VoteOf for Vote {
+    fn vote(&self) -> &Vote {
+        self
+    }
+}
+
+impl VoteOf for Signed<Vote> {
+    fn vote(&self) -> &Vote {
+        &self.body
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Admit {
@@ -195,26 +215,51 @@ impl Replica {
         self.check_progress(vote.seq);
     }
 
-    /// Sign, record and broadcast this replica's vote.
+    /// Authenticate, record and broadcast this replica's vote: a PREPARE is signed (it goes
+    /// into prepared certificates), a COMMIT carries MACs (ADR 017).
     fn cast(&mut self, phase: Phase, vote: Vote) {
-        let sig = self.sign_bytes(&vote_signing_bytes(phase, &vote));
-        let signed = Signed {
-            from: self.id,
-            body: vote,
-            sig,
-        };
-        let slot = self.slots.entry(vote.seq).or_default();
         match phase {
             Phase::Prepare => {
+                let sig = self.sign_bytes(&vote_signing_bytes(phase, &vote));
+                let signed = Signed {
+                    from: self.id,
+                    body: vote,
+                    sig,
+                };
+                let slot = self.slots.entry(vote.seq).or_default();
                 slot.prepares.insert(self.id, signed.clone());
                 self.broadcast(Message::Prepare(signed));
             }
             Phase::Commit => {
+                let slot = self.slots.entry(vote.seq).or_default();
                 slot.sent_commit = true;
-                slot.commits.insert(self.id, signed.clone());
-                self.broadcast(Message::Commit(signed));
+                slot.commits.insert(self.id, vote);
+                let commit = self.commit_message(vote);
+                self.broadcast(commit);
             }
         }
+    }
+
+    /// This replica's COMMIT for `vote`: in Byzantine mode a MAC for every peer over the
+    /// vote's signing bytes; in crash mode none (links authenticate replicas).
+    pub(crate) fn commit_message(&self, vote: Vote) -> Message {
+        let mut macs = Vec::new();
+        if self.cfg.fault_model == crate::config::FaultModel::Byzantine {
+            let bytes = commit_mac_bytes(self.id, &vote);
+            macs.reserve(MAC_BYTES * self.cfg.n as usize);
+            for peer in 0..self.cfg.n {
+                if peer == self.id {
+                    macs.extend_from_slice(&[0; MAC_BYTES]);
+                } else {
+                    macs.extend_from_slice(&self.auth.mac(Principal::Replica(peer), &bytes));
+                }
+            }
+        }
+        Message::Commit(Authenticated {
+            from: self.id,
+            body: vote,
+            macs,
+        })
     }
 
     pub(crate) fn on_prepare(&mut self, v: Signed<Vote>) {
@@ -229,32 +274,34 @@ impl Replica {
         if self.admit(v.body.view, v.body.seq, || Message::Prepare(v.clone())) == Admit::No {
             return;
         }
-        let seq = v.body.seq;
-        if self.record_vote(Phase::Prepare, v) {
+        let (seq, from, vote) = (v.body.seq, v.from, v.body);
+        if self.record_vote(from, vote, |slot| &mut slot.prepares, v) {
             self.check_progress(seq);
         }
     }
 
-    pub(crate) fn on_commit(&mut self, v: Signed<Vote>) {
+    pub(crate) fn on_commit(&mut self, v: Authenticated<Vote>) {
         if self.admit(v.body.view, v.body.seq, || Message::Commit(v.clone())) == Admit::No {
             return;
         }
-        let seq = v.body.seq;
-        if self.record_vote(Phase::Commit, v) {
+        let (seq, from, vote) = (v.body.seq, v.from, v.body);
+        if self.record_vote(from, vote, |slot| &mut slot.commits, vote) {
             self.check_progress(seq);
         }
     }
 
-    /// Keep one vote per replica per slot and phase; a second, different vote is counted as
-    /// conflicting and ignored.
-    fn record_vote(&mut self, phase: Phase, v: Signed<Vote>) -> bool {
-        let slot = self.slots.entry(v.body.seq).or_default();
-        let votes = match phase {
-            Phase::Prepare => &mut slot.prepares,
-            Phase::Commit => &mut slot.commits,
-        };
-        if let Some(old) = votes.get(&v.from) {
-            let reason = if old.body == v.body {
+    /// Keep one vote per replica per slot and phase (in the map `votes` picks); a second,
+    /// different vote is counted as conflicting and ignored.
+    fn record_vote<T: VoteOf>(
+        &mut self,
+        from: ReplicaId,
+        vote: Vote,
+        votes: impl FnOnce(&mut Slot) -> &mut BTreeMap<ReplicaId, T>,
+        kept: T,
+    ) -> bool {
+        let votes = votes(self.slots.entry(vote.seq).or_default());
+        if let Some(old) = votes.get(&from) {
+            let reason = if *old.vote() == vote {
                 Reject::Duplicate
             } else {
                 Reject::Conflicting
@@ -262,7 +309,7 @@ impl Replica {
             self.reject(reason);
             return false;
         }
-        votes.insert(v.from, v);
+        votes.insert(from, kept);
         true
     }
 
@@ -283,10 +330,10 @@ impl Replica {
             seq,
             batch_digest: pp.body.batch_digest,
         };
-        let matching = |votes: &std::collections::BTreeMap<ReplicaId, Signed<Vote>>| {
-            votes.values().filter(|v| v.body == vote).count()
-        };
-        let prepared = !has_prepare || matching(&slot.prepares) + 1 >= quorum;
+        fn matching<T: VoteOf>(votes: &BTreeMap<ReplicaId, T>, vote: &Vote) -> usize {
+            votes.values().filter(|v| v.vote() == vote).count()
+        }
+        let prepared = !has_prepare || matching(&slot.prepares, &vote) + 1 >= quorum;
         if !prepared {
             return;
         }
@@ -321,20 +368,12 @@ impl Replica {
         let Some(slot) = self.slots.get_mut(&seq) else {
             return;
         };
-        if slot.committed.is_none() && matching(&slot.commits) >= quorum {
-            let commits: Vec<_> = slot
-                .commits
-                .values()
-                .filter(|v| v.body == vote)
-                .take(quorum)
-                .cloned()
-                .collect();
+        if slot.committed.is_none() && matching(&slot.commits, &vote) >= quorum {
             let Some(pp) = slot.pre_prepare.as_ref() else {
                 return;
             };
             let batch = CommittedBatch {
                 pre_prepare: pp.body.clone(),
-                commits,
             };
             self.persist(|| Record::Committed(batch.clone()));
             if let Some(slot) = self.slots.get_mut(&seq) {
@@ -458,7 +497,8 @@ impl Replica {
         for m in buffered {
             let view = match &m {
                 Message::PrePrepare(p) => p.body.view,
-                Message::Prepare(v) | Message::Commit(v) => v.body.view,
+                Message::Prepare(v) => v.body.view,
+                Message::Commit(v) => v.body.view,
                 _ => continue,
             };
             if view > self.view {

@@ -229,7 +229,7 @@ impl Replica {
                 messages.push(Message::Prepare(v.clone()));
             }
             if let Some(v) = slot.commits.get(&self.id) {
-                messages.push(Message::Commit(v.clone()));
+                messages.push(self.commit_message(*v));
             }
         }
         for m in messages {

@@ -1,17 +1,19 @@
-//! State transfer (PBFT 5.3.2, simplified): a replica that is behind asks one peer at a time
-//! for the committed batches it misses, or for the manifest of the peer's stable state when it
-//! is below that checkpoint; checks every piece against its certificate (done by `verify`); and
-//! moves to the next peer when one does not help in time. A snapshot travels in fixed-size
-//! pieces fetched from all peers in turn, a few at a time, each checked against the manifest
-//! (whose digest is the certified state digest), so memory holds the state being rebuilt plus
-//! a bounded number of pieces in flight, and a peer that lies or stays silent only costs a
-//! retry elsewhere.
+//! State transfer (PBFT 5.3.2, simplified): a replica that is behind asks f + 1 peers (one in
+//! crash mode) for the committed batches it misses, or for the manifest of the peers' stable
+//! state when it is below that checkpoint. COMMITs are authenticated by MACs (ADR 017), so a
+//! committed batch carries no certificate: the replica accepts a batch once f + 1 peers sent
+//! the same one for its sequence number, at least one of them correct. A snapshot is certified
+//! by its signed checkpoint certificate instead, and travels in fixed-size pieces fetched from
+//! all peers in turn, a few at a time, each checked against the manifest (whose digest is the
+//! certified state digest), so memory holds the state being rebuilt plus a bounded number of
+//! pieces in flight. Peers that do not help in time are replaced by the next ones, and a peer
+//! that lies or stays silent only costs a retry elsewhere.
 
 use super::{FetchState, HeldState, Replica, Transfer};
 use crate::client_table::ClientTable;
 use crate::message::{
-    CheckpointCert, Chunk, Fetch, FetchChunk, FetchReply, Message, Record, Signable, Signed,
-    SnapshotManifest,
+    CheckpointCert, Chunk, CommittedBatch, Fetch, FetchChunk, FetchReply, Message, Record,
+    Signable, Signed, SnapshotManifest,
 };
 use crate::types::{ReplicaId, Seq};
 use crate::verify::Reject;
@@ -29,22 +31,32 @@ impl Replica {
         self.fetch_target > self.last_executed || self.recovery.is_some()
     }
 
-    /// Ask the next peer for what we miss (all peers while recovering, to learn the view).
+    /// Ask the next peers for what we miss (all peers while recovering, to learn the view).
     pub(crate) fn start_fetch(&mut self) {
         if self.fetch.is_some() || !self.behind() {
             return;
         }
-        let n = self.cfg.n;
-        let mut peer = (self.last_fetch_peer + 1) % n;
-        if peer == self.id {
-            peer = (peer + 1) % n;
-        }
-        self.send_fetch(peer);
+        self.send_fetch(self.last_fetch_peer + 1);
     }
 
-    /// Ask `peer` (everyone while recovering) for what follows our last executed batch.
-    pub(crate) fn send_fetch(&mut self, peer: ReplicaId) {
-        self.last_fetch_peer = peer;
+    /// Ask [`crate::Config::fetch_agreement`] peers, the first at or after `first` in replica
+    /// order and the others following it (everyone while recovering), for what follows our
+    /// last executed batch.
+    pub(crate) fn send_fetch(&mut self, first: ReplicaId) {
+        let n = self.cfg.n;
+        let ask = match self.recovery {
+            Some(_) => n as usize,
+            None => self.cfg.fetch_agreement(),
+        };
+        let peers: Vec<ReplicaId> = (0..n)
+            .map(|i| (first + i) % n)
+            .filter(|&p| p != self.id)
+            .take(ask)
+            .collect();
+        let Some(&last) = peers.last() else {
+            return;
+        };
+        self.last_fetch_peer = last;
         let body = Fetch {
             executed: self.last_executed,
             view: self.view,
@@ -59,10 +71,12 @@ impl Replica {
         if self.recovery.is_some() {
             self.broadcast(msg);
         } else {
-            self.send(peer, msg);
+            for &peer in &peers {
+                self.send(peer, msg.clone());
+            }
         }
         self.fetch = Some(FetchState {
-            peer,
+            peers,
             deadline_ms: self.now_ms + self.cfg.fetch_timeout_ms,
         });
     }
@@ -71,7 +85,7 @@ impl Replica {
         if !self.behind() || self.transfer.is_some() {
             return None;
         }
-        Some(match self.fetch {
+        Some(match &self.fetch {
             Some(f) => f.deadline_ms,
             None => self.last_progress_ms + self.cfg.fetch_timeout_ms,
         })
@@ -91,6 +105,8 @@ impl Replica {
         if !self.behind() {
             self.fetch = None;
         }
+        // Vouches for executed slots are of no further use.
+        self.vouched = self.vouched.split_off(&(self.last_executed + 1));
     }
 
     pub(crate) fn on_fetch(&mut self, f: Signed<Fetch>) {
@@ -149,32 +165,63 @@ impl Replica {
             }
         }
         let before = self.last_executed;
+        let accepted_before = self.stats.batches_fetched;
+        // Only the peers asked may vouch, and only for as many slots as one reply holds:
+        // what a liar can make this replica keep is bounded by that (unsolicited offers are
+        // dropped; a peer asked in an earlier round is asked again if it is needed).
+        let asked = self.fetch.as_ref().is_some_and(|f| f.peers.contains(&from));
+        let top = self
+            .cfg
+            .window_top(self.stable.seq)
+            .min(self.last_executed + u64::from(self.cfg.fetch_batches_max));
         if let Some(manifest) = reply.snapshot {
             self.start_transfer(from, manifest);
         }
         for b in reply.batches {
             let seq = b.pre_prepare.seq;
-            // Certified batches we have not executed are useful up to the window's top, also
-            // at or below a checkpoint that became stable while we lagged (we need them to
-            // reach it; the checkpoint's snapshot may not be available yet).
-            if seq <= self.last_executed || seq > self.cfg.window_top(self.stable.seq) {
+            // Batches we have not executed are useful, also at or below a checkpoint that
+            // became stable while we lagged (we need them to reach it; the checkpoint's
+            // snapshot may not be available yet).
+            if !asked || seq <= self.last_executed || seq > top {
                 continue;
             }
-            self.note_progress_hint(seq);
-            if self.slots.get(&seq).is_none_or(|s| s.committed.is_none()) {
-                self.stats.batches_fetched += 1;
-                self.persist(|| Record::Committed(b.clone()));
-                self.slots.entry(seq).or_default().committed = Some(b);
+            if self.slots.get(&seq).is_some_and(|s| s.committed.is_some()) {
+                continue;
             }
+            self.vouch(from, b);
         }
         self.try_execute();
-        let useful = self.last_executed > before || self.in_flight.is_some();
+        let useful = self.last_executed > before || self.stats.batches_fetched > accepted_before;
         if !self.behind() {
             self.fetch = None;
-        } else if useful && self.fetch.is_some_and(|f| f.peer == from) {
-            // This peer helps: ask it for the next part right away.
-            self.send_fetch(from);
+        } else if useful && self.fetch.as_ref().is_some_and(|f| f.peers.contains(&from)) {
+            // These peers help: ask them for the next part right away.
+            let first = self.fetch.as_ref().map_or(from, |f| f.peers[0]);
+            self.send_fetch(first);
         }
+    }
+
+    /// `from` sent `batch` as committed: accept it once enough peers sent the same batch for
+    /// its sequence number. A peer's later batch for the same number replaces its earlier one.
+    fn vouch(&mut self, from: ReplicaId, batch: CommittedBatch) {
+        let seq = batch.pre_prepare.seq;
+        let digest = batch.pre_prepare.batch_digest;
+        let vouches = self.vouched.entry(seq).or_default();
+        vouches.insert(from, batch);
+        let agreeing = vouches
+            .values()
+            .filter(|b| b.pre_prepare.batch_digest == digest)
+            .count();
+        if agreeing < self.cfg.fetch_agreement() {
+            return;
+        }
+        let Some(batch) = self.vouched.remove(&seq).and_then(|mut v| v.remove(&from)) else {
+            return;
+        };
+        self.note_progress_hint(seq);
+        self.stats.batches_fetched += 1;
+        self.persist(|| Record::Committed(batch.clone()));
+        self.slots.entry(seq).or_default().committed = Some(batch);
     }
 
     /// The manifest of our stable state, if we hold that state (computed once per checkpoint).
@@ -391,6 +438,7 @@ impl Replica {
         let seq = checkpoint.seq;
         self.clients = clients;
         self.last_executed = seq;
+        self.vouched = self.vouched.split_off(&(seq + 1));
         self.last_progress_ms = self.now_ms;
         self.in_flight = None;
         self.stats.snapshots_installed += 1;

@@ -427,6 +427,19 @@ fn signed_vote(from: ReplicaId, phase: Phase, vote: Vote) -> Signed<Vote> {
     }
 }
 
+/// `from`'s COMMIT for `vote` in a cluster of four, with its MAC for every replica.
+fn mac_commit(from: ReplicaId, vote: Vote) -> Message {
+    let signer = SimAuth::new(Principal::Replica(from), SEED);
+    let bytes = crate::message::commit_mac_bytes(from, &vote);
+    Message::Commit(crate::message::Authenticated {
+        from,
+        body: vote,
+        macs: (0..4)
+            .flat_map(|to| signer.mac(Principal::Replica(to), &bytes))
+            .collect(),
+    })
+}
+
 #[test]
 fn settled_votes_follow_prepared_and_committed_slots_and_change_nothing() {
     let cfg = config(4, FaultModel::Byzantine);
@@ -438,7 +451,7 @@ fn settled_votes_follow_prepared_and_committed_slots_and_change_nothing() {
     let none = SettledVotes::default();
     assert_eq!(r.settled_votes(), none);
     let prepare = |from| Message::Prepare(signed_vote(from, Phase::Prepare, vote));
-    let commit = |from| Message::Commit(signed_vote(from, Phase::Commit, vote));
+    let commit = |from| mac_commit(from, vote);
     // Prepared: the pre-prepare and 2f = 2 prepares, this replica's own and one more.
     r.handle(0, Event::Message(prepare(2)), &mut out);
     let settled = r.settled_votes();
@@ -510,11 +523,7 @@ fn a_request_twice_in_a_batch_executes_once() {
         &mut out,
     );
     for from in [2, 3] {
-        r.handle(
-            0,
-            Event::Message(Message::Commit(signed_vote(from, Phase::Commit, vote))),
-            &mut out,
-        );
+        r.handle(0, Event::Message(mac_commit(from, vote)), &mut out);
     }
     let executed: Vec<(u64, u64)> = out
         .iter()
@@ -738,6 +747,149 @@ fn lagging_replica_catches_up_by_state_transfer() {
     );
 }
 
+/// A FETCH-REPLY from `from` carrying `batches` as committed.
+fn fetch_reply(from: ReplicaId, batches: &[&PrePrepare]) -> Event {
+    let body = crate::message::FetchReply {
+        view: 0,
+        nonce: 0,
+        snapshot: None,
+        batches: batches
+            .iter()
+            .map(|pp| crate::message::CommittedBatch {
+                pre_prepare: (*pp).clone(),
+            })
+            .collect(),
+    };
+    let sig = SimAuth::new(Principal::Replica(from), SEED).sign(&body.signing_bytes());
+    Event::Message(Message::FetchReply(Signed { from, body, sig }))
+}
+
+fn executed_seqs(out: &mut Vec<Action>) -> Vec<u64> {
+    out.drain(..)
+        .filter_map(|a| match a {
+            Action::Execute { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The peers `out` sends a FETCH to, sorted.
+fn fetched_from(out: &mut Vec<Action>) -> Vec<ReplicaId> {
+    let mut peers: Vec<ReplicaId> = out
+        .drain(..)
+        .filter_map(|a| match a {
+            Action::Send {
+                to,
+                message: Message::Fetch(_),
+            } => Some(to),
+            _ => None,
+        })
+        .collect();
+    peers.sort_unstable();
+    peers
+}
+
+#[test]
+fn a_fetched_batch_is_accepted_once_f_plus_1_peers_sent_it() {
+    // n = 4, f = 1: two peers must agree. Replica 3 lies about slot 1.
+    let cfg = config(4, FaultModel::Byzantine);
+    let timeout = cfg.fetch_timeout_ms;
+    let mut r = Replica::new(cfg, 1, auth(Principal::Replica(1))).unwrap();
+    let real = leader_pre_prepare(vec![request(1, 1, b"real")]).body;
+    let lie = leader_pre_prepare(vec![request(1, 1, b"lie")]).body;
+    let mut out = Vec::new();
+    r.note_progress_hint(1);
+    r.start_fetch();
+    assert_eq!(fetched_from(&mut r.out), [2, 3]);
+    r.handle(0, fetch_reply(0, &[&real]), &mut out);
+    assert!(executed_seqs(&mut out).is_empty());
+    assert!(
+        r.vouched.is_empty(),
+        "replica 0 was not asked: its offer is not kept"
+    );
+    r.handle(0, fetch_reply(3, &[&lie]), &mut out);
+    assert!(
+        executed_seqs(&mut out).is_empty(),
+        "one peer's word is not enough"
+    );
+    r.handle(0, fetch_reply(3, &[&lie]), &mut out);
+    assert!(
+        executed_seqs(&mut out).is_empty(),
+        "nor the same peer's twice"
+    );
+    r.handle(0, fetch_reply(2, &[&real]), &mut out);
+    assert!(
+        executed_seqs(&mut out).is_empty(),
+        "two peers that disagree"
+    );
+    // No agreement in time: the next peers are asked (replica 0 and replica 2 again).
+    r.handle(timeout, Event::Tick, &mut out);
+    assert_eq!(fetched_from(&mut out), [0, 2]);
+    r.handle(timeout, fetch_reply(0, &[&real]), &mut out);
+    assert_eq!(
+        executed_seqs(&mut out),
+        [1],
+        "two peers agree: one is correct"
+    );
+    assert_eq!(r.stats().batches_fetched, 1);
+    let committed = r.slots.get(&1).and_then(|s| s.committed.clone()).unwrap();
+    assert_eq!(committed.pre_prepare, real);
+    // Nothing of the lie is kept once the slot executed.
+    r.handle(
+        timeout,
+        Event::Executed {
+            seq: 1,
+            results: vec![vec![]],
+            snapshot: None,
+        },
+        &mut out,
+    );
+    assert!(r.vouched.is_empty());
+}
+
+#[test]
+fn a_fetched_batch_beyond_one_reply_is_not_kept() {
+    let mut cfg = config(4, FaultModel::Byzantine);
+    cfg.fetch_batches_max = 4;
+    let mut r = Replica::new(cfg, 1, auth(Principal::Replica(1))).unwrap();
+    r.note_progress_hint(9);
+    r.start_fetch();
+    let mut out = Vec::new();
+    let mut far = leader_pre_prepare(vec![request(1, 1, b"x")]).body;
+    far.seq = 5;
+    r.handle(0, fetch_reply(2, &[&far]), &mut out);
+    assert!(r.vouched.is_empty(), "slot 5 is beyond executed (0) + 4");
+    far.seq = 4;
+    r.handle(0, fetch_reply(2, &[&far]), &mut out);
+    assert_eq!(r.vouched.len(), 1);
+}
+
+#[test]
+fn crash_mode_accepts_a_fetched_batch_from_one_peer() {
+    let mut r = Replica::new(config(3, FaultModel::Crash), 1, auth(Principal::Replica(1))).unwrap();
+    let pp = leader_pre_prepare(vec![request(1, 1, b"x")]).body;
+    let mut out = Vec::new();
+    r.note_progress_hint(1);
+    r.start_fetch();
+    assert_eq!(fetched_from(&mut r.out), [2]);
+    r.handle(0, fetch_reply(2, &[&pp]), &mut out);
+    assert_eq!(executed_seqs(&mut out), [1]);
+}
+
+#[test]
+fn a_lagging_replica_asks_f_plus_1_peers_at_once() {
+    for (n, model, asked) in [
+        (4, FaultModel::Byzantine, vec![2, 3]),
+        (7, FaultModel::Byzantine, vec![2, 3, 4]),
+        (3, FaultModel::Crash, vec![2]),
+    ] {
+        let mut r = Replica::new(config(n, model), 1, auth(Principal::Replica(1))).unwrap();
+        r.note_progress_hint(5);
+        r.start_fetch();
+        assert_eq!(fetched_from(&mut r.out), asked, "n={n} {model:?}");
+    }
+}
+
 #[test]
 fn restarted_replica_recovers_without_voting() {
     // n=7 (f=2): a recovering replica counts as faulty until a later view change, so the test
@@ -791,19 +943,13 @@ fn votes_are_counted_once_and_old_views_rejected() {
         seq: 1,
         batch_digest: Default::default(),
     };
-    let signer = SimAuth::new(Principal::Replica(2), SEED);
-    let v = Signed {
-        from: 2,
-        body: vote,
-        sig: signer.sign(&vote_signing_bytes(Phase::Commit, &vote)),
-    };
     let before = c.replicas[1]
         .stats()
         .rejected
         .get("conflicting")
         .copied()
         .unwrap_or(0);
-    c.event(1, Event::Message(Message::Commit(v)));
+    c.event(1, Event::Message(mac_commit(2, vote)));
     assert_eq!(
         c.replicas[1].stats().rejected.get("conflicting"),
         Some(&(before + 1))
@@ -859,11 +1005,12 @@ fn crash_mode_trusts_replica_signatures_but_checks_structure() {
         seq: 1,
         batch_digest: Default::default(),
     };
-    // Replicas are trusted: a vote's signature is not checked (the link names the sender).
-    let unsigned = Message::Commit(Signed {
+    // Replicas are trusted: a vote's authenticator is not checked (the link names the
+    // sender), and a COMMIT carries none.
+    let unsigned = Message::Commit(crate::message::Authenticated {
         from: 2,
         body: vote,
-        sig: vec![],
+        macs: vec![],
     });
     assert!(verify_message(&cfg, a.as_ref(), &unsigned).is_ok());
     // Nor a client's authenticator inside the leader's batch: the leader checked it.
@@ -872,10 +1019,10 @@ fn crash_mode_trusts_replica_signatures_but_checks_structure() {
     let pp = Message::PrePrepare(leader_pre_prepare(vec![relayed]));
     assert!(verify_message(&cfg, a.as_ref(), &pp).is_ok());
     // Structure still is: senders in range, leaders, digests.
-    let out_of_range = Message::Commit(Signed {
+    let out_of_range = Message::Commit(crate::message::Authenticated {
         from: 3,
         body: vote,
-        sig: vec![],
+        macs: vec![],
     });
     assert_eq!(
         verify_message(&cfg, a.as_ref(), &out_of_range)
@@ -973,23 +1120,11 @@ fn mac_vectors_are_checked_on_each_replicas_own_entry() {
     assert_eq!(rej.blame, None);
     assert!(verify_message(&cfg, r(1).as_ref(), &Message::PrePrepare(pp.clone())).is_ok());
 
-    // Once a quorum certified the batch, replica 2 follows it: certified batches are not
-    // checked against MAC vectors (the quorum's correct members checked their entries).
-    let vote = Vote {
-        view: 0,
-        seq: 1,
-        batch_digest: pp.body.batch_digest,
-    };
-    let commits = (0..3)
-        .map(|i| Signed {
-            from: i,
-            body: vote,
-            sig: r(i).sign(&vote_signing_bytes(Phase::Commit, &vote)),
-        })
-        .collect();
+    // A committed batch a peer sends in state transfer is not checked against MAC vectors
+    // either: replica 2 accepts it once f + 1 peers sent it (the quorum that committed it
+    // checked their entries).
     let committed = crate::message::CommittedBatch {
         pre_prepare: pp.body.clone(),
-        commits,
     };
     assert!(check_committed_batch(&cfg, r(2).as_ref(), &committed).is_ok());
     // ...but MAC vectors stay refused in a cluster that does not accept them.
@@ -1031,15 +1166,15 @@ fn ed25519_forgery_is_rejected() {
         seq: 1,
         batch_digest: Default::default(),
     };
-    let bytes = vote_signing_bytes(Phase::Commit, &vote);
-    let genuine = Message::Commit(Signed {
+    let bytes = vote_signing_bytes(Phase::Prepare, &vote);
+    let genuine = Message::Prepare(Signed {
         from: 3,
         body: vote,
         sig: r3.sign(&bytes),
     });
     assert!(verify_message(&cfg, &r1, &genuine).is_ok());
     // Replica 3 signs, claiming to be replica 2.
-    let forged = Message::Commit(Signed {
+    let forged = Message::Prepare(Signed {
         from: 2,
         body: vote,
         sig: r3.sign(&bytes),
@@ -1048,6 +1183,52 @@ fn ed25519_forgery_is_rejected() {
         verify_message(&cfg, &r1, &forged).unwrap_err().reason,
         crate::verify::Reject::BadSignature
     );
+    // COMMITs: replica 1 checks its own entry of the MAC vector, under the key it shares
+    // with the named sender, over the vote and the sender's name.
+    let macs = |by: &crate::auth::Ed25519Auth, from, vote: &Vote| -> Vec<u8> {
+        let bytes = crate::message::commit_mac_bytes(from, vote);
+        (0..4)
+            .flat_map(|to| by.mac(Principal::Replica(to), &bytes))
+            .collect()
+    };
+    let commit = |from, macs| {
+        Message::Commit(crate::message::Authenticated {
+            from,
+            body: vote,
+            macs,
+        })
+    };
+    assert!(verify_message(&cfg, &r1, &commit(3, macs(&r3, 3, &vote))).is_ok());
+    let mut wrong_entry = macs(&r3, 3, &vote);
+    wrong_entry[MAC_BYTES] ^= 1;
+    // Replica 1's own COMMIT carries, at replica 3's entry, the MAC of the pair (1, 3): moved
+    // to replica 1's entry and sent back in replica 3's name, it must not pass as replica 3's
+    // vote (the key is the same both ways; the sender's name in the MAC tells them apart).
+    let own = macs(&r1, 1, &vote);
+    let mut reflected = vec![0; 4 * MAC_BYTES];
+    reflected[MAC_BYTES..2 * MAC_BYTES].copy_from_slice(&own[3 * MAC_BYTES..]);
+    let other_vote = Vote { seq: 2, ..vote };
+    for (case, m) in [
+        ("in another's name", commit(2, macs(&r3, 3, &vote))),
+        ("entry flipped", commit(3, wrong_entry)),
+        (
+            "short vector",
+            commit(3, macs(&r3, 3, &vote)[..3 * MAC_BYTES].to_vec()),
+        ),
+        ("empty vector", commit(3, Vec::new())),
+        ("another vote's MACs", commit(3, macs(&r3, 3, &other_vote))),
+        ("own vote reflected", commit(3, reflected)),
+    ] {
+        assert_eq!(
+            verify_message(&cfg, &r1, &m).unwrap_err().reason,
+            crate::verify::Reject::BadReplicaMac,
+            "{case}"
+        );
+    }
+    // Another replica's entry of the same vector is not replica 1's business.
+    let mut others_wrong = macs(&r3, 3, &vote);
+    others_wrong[2 * MAC_BYTES] ^= 1;
+    assert!(verify_message(&cfg, &r1, &commit(3, others_wrong)).is_ok());
 }
 
 #[test]
@@ -1155,16 +1336,7 @@ fn lagging_execution_does_not_trigger_state_transfer() {
             );
         }
         for from in [0, 2] {
-            let sig = sign(from, &vote_signing_bytes(Phase::Commit, &vote));
-            r.handle(
-                0,
-                Event::Message(Message::Commit(Signed {
-                    from,
-                    body: vote,
-                    sig,
-                })),
-                &mut out,
-            );
+            r.handle(0, Event::Message(mac_commit(from, vote)), &mut out);
         }
         executes.extend(
             out.drain(..)
@@ -1751,7 +1923,6 @@ fn a_fetch_reply_stays_within_half_a_message() {
                 batch_digest: crate::types::Digest([0; 32]),
                 batch: vec![big.clone()],
             },
-            commits: Vec::new(),
         });
     }
     let fetch = crate::message::Fetch {

@@ -780,7 +780,8 @@ mod tests {
     use crate::server::core::CoreInput;
     use crate::server::core_queue::CoreQueue;
     use shieldwall_core::message::{
-        batch_digest, vote_signing_bytes, Phase, PrePrepare, Signable, Signed, Vote,
+        batch_digest, commit_mac_bytes, vote_signing_bytes, Authenticated, Phase, PrePrepare,
+        Signable, Signed, Vote,
     };
     use shieldwall_core::{Digest, Request, RequestAuth};
     use shieldwall_crypto::{client_id, KeyPair, Keyring};
@@ -841,16 +842,34 @@ mod tests {
         Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap()
     }
 
-    fn commit(signer: &NodeAuth, from: u32, seq: u64) -> Message {
-        let body = Vote {
+    fn vote_body(seq: u64) -> Vote {
+        Vote {
             view: 0,
             seq,
             batch_digest: Digest([1; 32]),
-        };
-        Message::Commit(Signed {
+        }
+    }
+
+    /// A PREPARE in `from`'s name, signed by `signer`.
+    fn prepare(signer: &NodeAuth, from: u32, seq: u64) -> Message {
+        let body = vote_body(seq);
+        Message::Prepare(Signed {
             from,
             body,
-            sig: signer.sign(&vote_signing_bytes(Phase::Commit, &body)),
+            sig: signer.sign(&vote_signing_bytes(Phase::Prepare, &body)),
+        })
+    }
+
+    /// A COMMIT in `from`'s name, with `signer`'s MACs for the four replicas.
+    fn commit(signer: &NodeAuth, from: u32, seq: u64) -> Message {
+        let body = vote_body(seq);
+        let bytes = commit_mac_bytes(from, &body);
+        Message::Commit(Authenticated {
+            from,
+            body,
+            macs: (0..4)
+                .flat_map(|r| signer.mac(Principal::Replica(r), &bytes))
+                .collect(),
         })
     }
 
@@ -1003,11 +1022,11 @@ mod tests {
         });
         let inputs = vec![
             Inbound::Message {
-                msg: commit(&f.replicas[1], 1, 1),
+                msg: prepare(&f.replicas[1], 1, 1),
                 permit: permit(),
             },
             Inbound::Message {
-                msg: commit(&f.replicas[1], 2, 1),
+                msg: prepare(&f.replicas[1], 2, 1),
                 permit: permit(),
             },
             Inbound::Request {
@@ -1029,7 +1048,7 @@ mod tests {
         v.verify(jobs);
         let got = events(&rx);
         assert_eq!(got.len(), 3, "{got:?}");
-        assert!(matches!(&got[0], Event::Message(Message::Commit(v)) if v.from == 1));
+        assert!(matches!(&got[0], Event::Message(Message::Prepare(v)) if v.from == 1));
         assert!(matches!(&got[1], Event::Request(r) if r.request.req_seq == 1));
         assert_eq!(got[2], Event::ProvenFault { from: 0, view: 0 });
         let text = v.metrics.render();
@@ -1039,7 +1058,7 @@ mod tests {
                 "{reason}: {text}"
             );
         }
-        // Valid signatures are cached (the commit, the request, the leader's signature on its
+        // Valid signatures are cached (the prepare, the request, the leader's signature on its
         // batch): a request seen again inside a pre-prepare is not checked again.
         assert_eq!(v.cache.len(), 3);
     }
@@ -1092,6 +1111,28 @@ mod tests {
     }
 
     #[test]
+    fn commits_are_checked_by_their_mac_on_the_connection_task() {
+        let f = fixture();
+        let (v, rx) = verifier(&f, f.config.clone());
+        let genuine = v.check(Inbound::Message {
+            msg: commit(&f.replicas[1], 1, 1),
+            permit: permit(),
+        });
+        assert!(genuine.is_none(), "a valid MAC needs no pool");
+        // Replica 1's MACs under replica 2's name: judged (and counted) on the pool.
+        let job = v.check(Inbound::Message {
+            msg: commit(&f.replicas[1], 2, 1),
+            permit: permit(),
+        });
+        v.verify(vec![job.expect("a bad MAC goes to the pool to be judged")]);
+        let got = events(&rx);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(matches!(&got[0], Event::Message(Message::Commit(c)) if c.from == 1));
+        assert!(v.metrics.render().contains("reason=\"bad_replica_mac\""));
+        assert!(v.cache.is_empty(), "no signature was verified");
+    }
+
+    #[test]
     fn a_malformed_message_is_judged_on_the_pool_not_the_connection_task() {
         let f = fixture();
         let (v, rx) = verifier(&f, f.config.clone());
@@ -1131,14 +1172,14 @@ mod tests {
         v.settled.set(SettledVotes {
             view: 0,
             executed: 2,
-            prepared: 5,
+            prepared: 4,
             committed: 4,
         });
         let jobs = [4, 5]
             .into_iter()
             .filter_map(|seq| {
                 v.check(Inbound::Message {
-                    msg: commit(&f.replicas[1], 1, seq),
+                    msg: prepare(&f.replicas[1], 1, seq),
                     permit: permit(),
                 })
             })
@@ -1147,14 +1188,14 @@ mod tests {
         let got: Vec<u64> = events(&rx)
             .into_iter()
             .map(|e| match e {
-                Event::Message(Message::Commit(v)) => v.body.seq,
+                Event::Message(Message::Prepare(v)) => v.body.seq,
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
         assert_eq!(
             got,
             [5],
-            "the commit for 4 is settled, the one for 5 is not"
+            "the prepare for 4 is settled, the one for 5 is not"
         );
         assert_eq!(
             v.cache.len(),

@@ -382,7 +382,6 @@ mod tests {
                 batch_digest: Default::default(),
                 batch: Vec::new(),
             },
-            commits: Vec::new(),
         })
     }
 
