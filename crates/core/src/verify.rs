@@ -15,9 +15,9 @@ use std::collections::BTreeSet;
 use crate::auth::{Authenticator, VerifyItem};
 use crate::config::{Config, FaultModel};
 use crate::message::{
-    batch_digest, commit_mac_bytes, vote_signing_bytes, CheckpointCert, CommittedBatch, Message,
-    Phase, PrePrepare, PreparedCert, RequestAuth, Signable, Signed, SignedRequest, ViewChange,
-    Vote,
+    batch_digest_of, commit_mac_bytes, request_digest, vote_signing_bytes, CheckpointCert,
+    CommittedBatch, Message, Phase, PrePrepare, PreparedCert, RequestAuth, Signable, Signed,
+    SignedRequest, ViewChange, Vote,
 };
 use crate::types::{Principal, ReplicaId, View};
 
@@ -345,10 +345,12 @@ pub fn check_batch(
     if pp.batch.len() > config.batch_requests_max as usize {
         return Err(Reject::TooLarge);
     }
-    if batch_digest(&pp.batch) != pp.batch_digest {
+    // Each request's signing bytes serve both its digest and its authenticator.
+    let signed: Vec<Vec<u8>> = pp.batch.iter().map(|r| r.request.signing_bytes()).collect();
+    if batch_digest_of(signed.iter().map(|b| request_digest(b))) != pp.batch_digest {
         return Err(Reject::DigestMismatch);
     }
-    check_requests(config, auth, &pp.batch, macs)
+    check_signed_requests(config, auth, &pp.batch, &signed, macs)
 }
 
 /// Limits, authenticators and distinctness of requests a replica proposes or relays: at most
@@ -363,6 +365,18 @@ pub fn check_requests(
     if requests.len() > config.batch_requests_max as usize {
         return Err(Reject::TooLarge);
     }
+    let signed: Vec<Vec<u8>> = requests.iter().map(|r| r.request.signing_bytes()).collect();
+    check_signed_requests(config, auth, requests, &signed, macs)
+}
+
+/// [`check_requests`] with each request's signing bytes at hand (`signed`, in order).
+fn check_signed_requests(
+    config: &Config,
+    auth: &dyn Authenticator,
+    requests: &[SignedRequest],
+    signed: &[Vec<u8>],
+    macs: Macs,
+) -> Result<(), Reject> {
     let mut bytes = 0usize;
     let mut seen = BTreeSet::new();
     for r in requests {
@@ -380,9 +394,8 @@ pub fn check_requests(
     if bytes > config.batch_bytes_max as usize {
         return Err(Reject::TooLarge);
     }
-    let signed: Vec<Vec<u8>> = requests.iter().map(|r| r.request.signing_bytes()).collect();
     let mut items: Vec<VerifyItem<'_>> = Vec::with_capacity(requests.len());
-    for (r, bytes) in requests.iter().zip(&signed) {
+    for (r, bytes) in requests.iter().zip(signed) {
         match &r.auth {
             RequestAuth::Signature(sig) => items.push(VerifyItem {
                 signer: Principal::Client(r.request.client),
