@@ -8,7 +8,7 @@
 
 use shieldwall_core::message::{
     batch_digest, vote_signing_bytes, CheckpointCert, CommittedBatch, Phase, PrePrepare,
-    PreparedCert, Signable, Signed, SnapshotManifest, ViewChange, Vote, MAC_BYTES,
+    PreparedCert, Signable, Signed, SnapshotManifest, ViewChange, Vote,
 };
 use shieldwall_core::{
     Authenticator, Config, FaultModel, Message, Principal, ReplicaId, RequestAuth, SimAuth,
@@ -135,18 +135,6 @@ fn sign_replica(from: ReplicaId, bytes: &[u8]) -> Vec<u8> {
     sim_sign(Principal::Replica(from), bytes)
 }
 
-/// `from`'s MAC vector over `bytes` for the four replicas (its own entry zeros), as a COMMIT
-/// carries it.
-fn mac_vector(from: ReplicaId, bytes: &[u8]) -> Vec<u8> {
-    let auth = SimAuth::new(Principal::Replica(from), SIM_SEED);
-    (0..4)
-        .flat_map(|to| match to == from {
-            true => [0; MAC_BYTES],
-            false => auth.mac(Principal::Replica(to), bytes),
-        })
-        .collect()
-}
-
 fn repair_batch(pp: &mut PrePrepare, how: Repair) {
     if how.sign {
         for r in &mut pp.batch {
@@ -179,13 +167,13 @@ fn vote_of(pp: &PrePrepare) -> Vote {
     }
 }
 
-fn repair_votes(votes: &mut [Signed<Vote>], phase: Phase, expected: Vote, how: Repair) {
+fn repair_prepares(votes: &mut [Signed<Vote>], expected: Vote, how: Repair) {
     for v in votes {
         if how.align {
             v.body = expected;
         }
         if how.sign {
-            v.sig = sign_replica(v.from, &vote_signing_bytes(phase, &v.body));
+            v.sig = sign_replica(v.from, &vote_signing_bytes(Phase::Prepare, &v.body));
         }
     }
 }
@@ -208,7 +196,7 @@ fn repair_prepared_cert(config: &Config, cert: &mut PreparedCert, how: Repair) {
     }
     repair_pre_prepare(&mut cert.pre_prepare, how);
     let expected = vote_of(&cert.pre_prepare.body);
-    repair_votes(&mut cert.prepares, Phase::Prepare, expected, how);
+    repair_prepares(&mut cert.prepares, expected, how);
 }
 
 fn repair_view_change(config: &Config, vc: &mut ViewChange, how: Repair) {
@@ -298,7 +286,9 @@ pub fn repair(config: &Config, m: &mut Message, how: Repair) {
         match m {
             Message::PrePrepare(s) => s.sig = sig,
             Message::Prepare(s) => s.sig = sig,
-            Message::Commit(s) => s.macs = mac_vector(from, &bytes),
+            Message::Commit(s) => {
+                s.macs = SimAuth::new(Principal::Replica(from), SIM_SEED).mac_vector(4, &bytes)
+            }
             Message::Checkpoint(s) => s.sig = sig,
             Message::ViewChange(s) => s.sig = sig,
             Message::NewView(s) => s.sig = sig,

@@ -38,6 +38,20 @@ pub trait Authenticator: Send + Sync + fmt::Debug {
     }
     /// A MAC over `bytes` with the key shared between `me` and `peer`.
     fn mac(&self, peer: Principal, bytes: &[u8]) -> [u8; 32];
+    /// A MAC vector over `bytes` for a cluster of `n` replicas: [`crate::MAC_BYTES`] per
+    /// replica in replica order, each under the key shared with that replica; a replica's own
+    /// entry is zeros (nobody checks it).
+    fn mac_vector(&self, n: u32, bytes: &[u8]) -> Vec<u8> {
+        let mut macs = Vec::with_capacity(crate::MAC_BYTES * n as usize);
+        for r in 0..n {
+            let peer = Principal::Replica(r);
+            match peer == self.me() {
+                true => macs.extend_from_slice(&[0; crate::MAC_BYTES]),
+                false => macs.extend_from_slice(&self.mac(peer, bytes)),
+            }
+        }
+        macs
+    }
     /// Whether `tag` is the MAC `peer` computed over `bytes` for `me`.
     fn verify_mac(&self, peer: Principal, bytes: &[u8], tag: &[u8]) -> bool {
         // Both sides derive the same pairwise key, so the expected tag is our own MAC.

@@ -33,9 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use shieldwall_core::{
-    Authenticator, Principal, ReplicaId, Request, RequestAuth, SignedRequest, MAC_BYTES,
-};
+use shieldwall_core::{Authenticator, Principal, ReplicaId, Request, RequestAuth, SignedRequest};
 use shieldwall_crypto::{client_id, KeyPair, NodeAuth, CLIENT_LANES};
 use shieldwall_wire::{decode_reply, Frame, Role};
 use tokio::sync::{oneshot, Notify};
@@ -467,13 +465,7 @@ impl Inner {
         let bytes = request.signing_bytes();
         let auth = match self.options.auth_mode {
             AuthMode::Signature => RequestAuth::Signature(self.auth.sign(&bytes).into()),
-            AuthMode::Mac => {
-                let mut macs = Vec::with_capacity(MAC_BYTES * self.n);
-                for r in 0..self.n as ReplicaId {
-                    macs.extend_from_slice(&self.auth.mac(Principal::Replica(r), &bytes));
-                }
-                RequestAuth::Macs(macs.into())
-            }
+            AuthMode::Mac => RequestAuth::Macs(self.auth.mac_vector(self.n as u32, &bytes).into()),
         };
         Frame::Request(SignedRequest { request, auth }).encode()
     }

@@ -9,8 +9,7 @@ use shieldwall_core::message::encode;
 use std::sync::Arc;
 
 use shieldwall_core::{
-    Authenticator, ClientId, Principal, ReplicaId, Reply, Request, RequestAuth, SignedRequest,
-    MAC_BYTES,
+    Authenticator, ClientId, ReplicaId, Reply, Request, RequestAuth, SignedRequest, MAC_BYTES,
 };
 
 use crate::checker::OpRecord;
@@ -184,9 +183,7 @@ impl Client {
 
     /// This client's MAC vector over `bytes`: one entry per replica.
     fn macs(&self, bytes: &[u8]) -> Vec<u8> {
-        (0..self.params.n)
-            .flat_map(|r| self.auth.mac(Principal::Replica(r), bytes))
-            .collect()
+        self.auth.mac_vector(self.params.n, bytes)
     }
 
     fn random_op(&mut self, req_seq: u64) -> KvOp {

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use super::{InFlight, Replica, Slot, Status};
+use crate::config::FaultModel;
 use crate::message::{
     batch_digest, commit_mac_bytes, vote_signing_bytes, Authenticated, CommittedBatch, Message,
-    Phase, PrePrepare, PreparedCert, Record, Reply, Signable, Signed, Vote, MAC_BYTES,
+    Phase, PrePrepare, PreparedCert, Record, Reply, Signable, Signed, Vote,
 };
-use crate::types::{Principal, ReplicaId, Seq, View};
+use crate::types::{ReplicaId, Seq, View};
 use crate::verify::Reject;
 use crate::Action;
 
@@ -243,18 +244,12 @@ impl Replica {
     /// This replica's COMMIT for `vote`: in Byzantine mode a MAC for every peer over the
     /// vote's signing bytes; in crash mode none (links authenticate replicas).
     pub(crate) fn commit_message(&self, vote: Vote) -> Message {
-        let mut macs = Vec::new();
-        if self.cfg.fault_model == crate::config::FaultModel::Byzantine {
-            let bytes = commit_mac_bytes(self.id, &vote);
-            macs.reserve(MAC_BYTES * self.cfg.n as usize);
-            for peer in 0..self.cfg.n {
-                if peer == self.id {
-                    macs.extend_from_slice(&[0; MAC_BYTES]);
-                } else {
-                    macs.extend_from_slice(&self.auth.mac(Principal::Replica(peer), &bytes));
-                }
-            }
-        }
+        let macs = match self.cfg.fault_model {
+            FaultModel::Byzantine => self
+                .auth
+                .mac_vector(self.cfg.n, &commit_mac_bytes(self.id, &vote)),
+            FaultModel::Crash => Vec::new(),
+        };
         Message::Commit(Authenticated {
             from: self.id,
             body: vote,

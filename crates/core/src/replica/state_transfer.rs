@@ -194,9 +194,13 @@ impl Replica {
         let useful = self.last_executed > before || self.stats.batches_fetched > accepted_before;
         if !self.behind() {
             self.fetch = None;
-        } else if useful && self.fetch.as_ref().is_some_and(|f| f.peers.contains(&from)) {
+        } else if let Some(first) = self
+            .fetch
+            .as_ref()
+            .filter(|f| useful && f.peers.contains(&from))
+            .map(|f| f.peers[0])
+        {
             // These peers help: ask them for the next part right away.
-            let first = self.fetch.as_ref().map_or(from, |f| f.peers[0]);
             self.send_fetch(first);
         }
     }
