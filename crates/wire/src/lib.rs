@@ -161,20 +161,52 @@ impl Frame {
         out.put_u32_le(0);
         out.put_u8(VERSION);
         out.put_u8(self.kind() as u8);
-        let buf = std::mem::take(out);
         let res = match self {
-            Frame::Hello(v) => postcard::to_extend(v, buf),
-            Frame::Proof(v) => postcard::to_extend(v, buf),
-            Frame::Refused(v) => postcard::to_extend(v, buf),
-            Frame::Peer(v) => postcard::to_extend(v, buf),
-            Frame::Request(v) => postcard::to_extend(v, buf),
-            Frame::Reply(v) => postcard::to_extend(v, buf),
-            Frame::Accepted => postcard::to_extend(&(), buf),
+            Frame::Hello(v) => append(v, out),
+            Frame::Proof(v) => append(v, out),
+            Frame::Refused(v) => append(v, out),
+            Frame::Peer(v) => append(v, out),
+            Frame::Request(v) => append(v, out),
+            Frame::Reply(v) => append(v, out),
+            Frame::Accepted => append(&(), out),
         };
-        // Serialising these types into memory cannot fail.
-        *out = res.unwrap_or_default();
+        // Serialising these types into memory cannot fail; should it, the frame is cut back to
+        // its header rather than sent half written (and earlier frames in `out` are kept).
+        if res.is_err() {
+            out.truncate(start + HEADER_BYTES);
+        }
         let len = (out.len() - start - 4) as u32;
         out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
+/// Postcard's encoding of `value` appended to `out`.
+///
+/// Postcard's own `to_extend` feeds a `BytesMut` one byte at a time (its `Extend` impl checks
+/// capacity per byte): encoding a 100-request PRE-PREPARE took 66 µs that way against 13 µs to
+/// decode it. This flavor copies each field's bytes in one call.
+fn append<T: Serialize + ?Sized>(value: &T, out: &mut BytesMut) -> postcard::Result<()> {
+    postcard::serialize_with_flavor(value, Appender(out))
+}
+
+/// A postcard output that appends to a `BytesMut` slice by slice.
+struct Appender<'a>(&'a mut BytesMut);
+
+impl postcard::ser_flavors::Flavor for Appender<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.put_u8(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

@@ -130,6 +130,15 @@ proptest! {
     }
 
     #[test]
+    fn peer_frame_bodies_are_the_canonical_encoding(f in arb_frame()) {
+        // The body of a peer frame is exactly the postcard encoding the core signs and hashes.
+        if let Frame::Peer(m) = &f {
+            let bytes = f.encode();
+            prop_assert_eq!(&bytes[HEADER_BYTES..], &message::encode(m)[..]);
+        }
+    }
+
+    #[test]
     fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let dec = Decoder::new(4096);
         let mut buf = BytesMut::from(&bytes[..]);
