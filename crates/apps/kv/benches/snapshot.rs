@@ -4,6 +4,9 @@
 //! `shieldwall bench` writes (each stream cycles through its own 1,024 keys) and with keys drawn
 //! uniformly from the whole store (the worst case for parts: writes spread over every part).
 //!
+//! `kv_apply_524k_keys` times the writes themselves (one checkpoint interval of `SET`s into
+//! that store), which search a map of half a million keys.
+//!
 //! Run: `cargo bench -p shieldwall-kv --bench snapshot`.
 
 use std::time::Duration;
@@ -112,5 +115,42 @@ fn snapshot(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, snapshot);
+fn apply(c: &mut Criterion) {
+    let mut group = c.benchmark_group("kv_apply_524k_keys");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.throughput(criterion::Throughput::Elements(WRITES));
+    let base = full_store();
+    let mut round = 0u64;
+    group.bench_function("7400_bench_writes", |b| {
+        b.iter_batched(
+            || {
+                round += 1;
+                let ops: Vec<Vec<u8>> = (0..WRITES)
+                    .map(|i| {
+                        let stream = (i * 7919 + round) % STREAMS;
+                        let key = key(stream, (round * 15 + i / STREAMS) % KEYS_PER_STREAM);
+                        KvOp::Set {
+                            key,
+                            value: vec![b'v'; 64],
+                            condition: SetCondition::Always,
+                            get: false,
+                        }
+                        .encode()
+                    })
+                    .collect();
+                (base.clone(), ops)
+            },
+            // As a replica executes them: decoded, applied, the reply encoded.
+            |(mut s, ops)| {
+                let replies: Vec<Vec<u8>> = ops.iter().map(|op| s.execute(0, op)).collect();
+                (s, replies)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, snapshot, apply);
 criterion_main!(benches);

@@ -1,7 +1,7 @@
 //! The deterministic key-value state machine that shieldwall replicates.
 //!
-//! State is a `BTreeMap<Vec<u8>, Vec<u8>>` (ordered, so `KEYS` and snapshots do not depend on
-//! insertion order or a hash seed) plus a byte count derived from it. Every input is bounded by
+//! State is a `BTreeMap` from keys to values (ordered, so `KEYS` and snapshots do not depend on
+//! insertion order or a hash seed; short keys live inside the map's nodes, see `key`) plus a byte count derived from it. Every input is bounded by
 //! [`KvLimits`]; an operation that would break a limit returns an error result and leaves the
 //! state unchanged, the same way on every replica.
 
@@ -15,8 +15,10 @@ use crate::glob::Glob;
 use crate::ops::{format_integer, parse_integer, varint_len};
 use crate::ops::{KvOp, KvReply, SetCondition, PIPELINE_OPS_MAX};
 
+mod key;
 mod parts;
 
+use key::Key;
 use parts::PartCache;
 
 /// The error lines the service returns, as Redis 7 words them where Redis has the error.
@@ -94,7 +96,7 @@ impl Default for KvLimits {
 /// [`KvReply`]s, both postcard-encoded.
 #[derive(Clone, Debug, Default)]
 pub struct KvService {
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    map: BTreeMap<Key, Vec<u8>>,
     /// Derived from `map` (see [`KvLimits::state_bytes_max`]); not part of the snapshot.
     state_bytes: u64,
     limits: KvLimits,
@@ -198,7 +200,7 @@ impl KvService {
             KvOp::Del { keys } => {
                 let mut removed = 0;
                 for key in &keys {
-                    if let Some(value) = self.map.remove(key) {
+                    if let Some(value) = self.map.remove(key.as_slice()) {
                         self.parts.touch(key);
                         self.state_bytes -= entry_bytes(key, &value);
                         removed += 1;
@@ -242,7 +244,7 @@ impl KvService {
     /// returns [`errors::NOT_READ_ONLY`].
     pub fn query(&self, op: &KvOp) -> KvReply {
         match op {
-            KvOp::Get { key } => match self.map.get(key) {
+            KvOp::Get { key } => match self.map.get(key.as_slice()) {
                 None => KvReply::Nil,
                 Some(value) if bulk_reply_bytes(value.len()) > self.limits.result_bytes_max => {
                     KvReply::error(errors::RESULT_TOO_LARGE)
@@ -250,15 +252,21 @@ impl KvService {
                 Some(value) => KvReply::Bulk(value.clone()),
             },
             KvOp::Exists { keys } => {
-                let found = keys.iter().filter(|k| self.map.contains_key(*k)).count();
+                let found = keys
+                    .iter()
+                    .filter(|k| self.map.contains_key(k.as_slice()))
+                    .count();
                 KvReply::Int(found as i64)
             }
-            KvOp::Strlen { key } => {
-                KvReply::Int(self.map.get(key).map_or(0, |value| value.len() as i64))
-            }
+            KvOp::Strlen { key } => KvReply::Int(
+                self.map
+                    .get(key.as_slice())
+                    .map_or(0, |value| value.len() as i64),
+            ),
             KvOp::MGet { keys } => self.bounded_array(
                 keys.len(),
-                keys.iter().map(|key| self.map.get(key).map(Vec::as_slice)),
+                keys.iter()
+                    .map(|key| self.map.get(key.as_slice()).map(Vec::as_slice)),
             ),
             KvOp::DbSize => KvReply::Int(self.map.len() as i64),
             KvOp::Keys { pattern } => self.keys(pattern),
@@ -332,7 +340,7 @@ impl KvService {
     fn store(&mut self, key: Vec<u8>, value: Vec<u8>, state_bytes: u64) {
         self.state_bytes = state_bytes;
         self.parts.touch(&key);
-        self.map.insert(key, value);
+        self.map.insert(key.into(), value);
     }
 
     fn set(&mut self, key: Vec<u8>, value: Vec<u8>, condition: SetCondition, get: bool) -> KvReply {
@@ -341,7 +349,7 @@ impl KvService {
         }
         // One search of the map: the write goes through the entry it found.
         let (limits, state_bytes) = (&self.limits, self.state_bytes);
-        let entry = self.map.entry(key);
+        let entry = self.map.entry(key.into());
         let old = match &entry {
             Entry::Occupied(e) => Some(e.get()),
             Entry::Vacant(_) => None,
@@ -387,7 +395,7 @@ impl KvService {
         if let Err(e) = self.check_key(&key) {
             return e;
         }
-        let old = self.map.get(&key);
+        let old = self.map.get(key.as_slice());
         let current = match old {
             None => 0,
             Some(bytes) => match parse_integer(bytes) {
@@ -418,7 +426,7 @@ impl KvService {
         if let Err(e) = self.check_key(&key) {
             return e;
         }
-        let old_len = self.map.get(&key).map(Vec::len);
+        let old_len = self.map.get(key.as_slice()).map(Vec::len);
         let new_len = old_len.unwrap_or(0).saturating_add(value.len());
         if let Err(e) = self.check_value(new_len) {
             return e;
@@ -433,10 +441,10 @@ impl KvService {
         };
         self.state_bytes = after;
         self.parts.touch(&key);
-        match self.map.get_mut(&key) {
+        match self.map.get_mut(key.as_slice()) {
             Some(existing) => existing.extend_from_slice(&value),
             None => {
-                self.map.insert(key, value);
+                self.map.insert(key.into(), value);
             }
         }
         KvReply::Int(new_len as i64)
@@ -467,7 +475,7 @@ impl KvService {
         };
         for (key, value) in pairs {
             self.parts.touch(&key);
-            self.map.insert(key, value);
+            self.map.insert(key.into(), value);
         }
         self.state_bytes = after;
         KvReply::Ok
@@ -570,7 +578,7 @@ impl Service for KvService {
         // Sorted input: the map is built in one pass.
         self.map = entries
             .into_iter()
-            .map(|(k, v)| (k.into_vec(), v.into_vec()))
+            .map(|(k, v)| (k.into_vec().into(), v.into_vec()))
             .collect();
         self.state_bytes = state_bytes;
         self.parts.clear();

@@ -19,6 +19,7 @@ use std::ops::Bound::{Excluded, Included, Unbounded};
 
 use bytes::Bytes;
 
+use super::Key;
 use crate::ops::varint_len;
 
 /// A part is cut only once it holds this many encoded bytes (then at the next boundary key).
@@ -70,7 +71,7 @@ impl Cut {
 /// grows with any key added after it) and its encoding.
 #[derive(Clone, Debug)]
 struct Part {
-    last: Vec<u8>,
+    last: Key,
     cut: bool,
     bytes: Bytes,
 }
@@ -85,9 +86,9 @@ struct Part {
 #[derive(Clone, Debug, Default)]
 pub(super) struct PartCache {
     /// In key order: first key and part.
-    parts: Vec<(Vec<u8>, Part)>,
+    parts: Vec<(Key, Part)>,
     /// Keys written since the last snapshot, in write order.
-    written: Vec<Vec<u8>>,
+    written: Vec<Key>,
     /// Their bytes.
     written_bytes: usize,
 }
@@ -109,7 +110,7 @@ impl PartCache {
             // Many writes to few keys are fine: drop the repeats first.
             self.written.sort_unstable();
             self.written.dedup();
-            self.written_bytes = self.written.iter().map(Vec::len).sum();
+            self.written_bytes = self.written.iter().map(|k| k.len()).sum();
             if self.written.len() >= WRITTEN_MAX.max(self.parts.len()) / 2 {
                 self.clear();
                 return;
@@ -120,7 +121,7 @@ impl PartCache {
             return;
         }
         self.written_bytes += key.len();
-        self.written.push(key.to_vec());
+        self.written.push(Key::from(key));
     }
 
     /// Forget every part (the map was replaced or cleared).
@@ -132,14 +133,14 @@ impl PartCache {
 
     /// The parts of `map` in key order: kept ones as they are, the others encoded (and kept).
     /// Returns the parts and the bytes encoded.
-    pub(super) fn parts(&mut self, map: &BTreeMap<Vec<u8>, Vec<u8>>) -> (Vec<Bytes>, usize) {
+    pub(super) fn parts(&mut self, map: &BTreeMap<Key, Vec<u8>>) -> (Vec<Bytes>, usize) {
         let mut written = std::mem::take(&mut self.written);
         self.written_bytes = 0;
         written.sort_unstable();
         written.dedup();
         let mut written = written.iter().peekable();
         let mut kept = std::mem::take(&mut self.parts).into_iter().peekable();
-        let mut parts: Vec<(Vec<u8>, Part)> = Vec::with_capacity(kept.len() + 1);
+        let mut parts: Vec<(Key, Part)> = Vec::with_capacity(kept.len() + 1);
         let mut encoded = 0;
         // Whether the last part was reused (so the next kept part starts right after it)
         // rather than encoded (its end may have moved).
@@ -156,7 +157,7 @@ impl PartCache {
                 .next_if(|k| cursor.is_some_and(|c| &k[..] <= c))
                 .is_some()
             {}
-            let next_written: Option<&Vec<u8>> = written.peek().copied();
+            let next_written: Option<&Key> = written.peek().copied();
             // No write since the cursor, up to the part's end (or at all, for an uncut one).
             let untouched = |p: &Part| match next_written {
                 None => true,
@@ -195,7 +196,7 @@ impl PartCache {
 
 /// The part of `map` that starts at `first`: postcard's encoding of a sequence of (key, value)
 /// byte-string pairs.
-fn encode_part(map: &BTreeMap<Vec<u8>, Vec<u8>>, first: &[u8]) -> Part {
+fn encode_part(map: &BTreeMap<Key, Vec<u8>>, first: &[u8]) -> Part {
     let mut entries = Vec::new();
     let mut rule = Cut::default();
     let mut cut = false;

@@ -252,7 +252,7 @@ fn keys_pattern_and_order() {
     assert_eq!(keys("hello"), keys_reply(&["hello"]));
     assert_eq!(keys("nothing*"), keys_reply(&[]));
     assert_eq!(keys("*").clone(), {
-        let mut all: Vec<_> = svc.map.keys().map(|k| Some(k.clone())).collect();
+        let mut all: Vec<_> = svc.map.keys().map(|k| Some(k.to_vec())).collect();
         all.sort();
         KvReply::Array(all)
     });
@@ -794,7 +794,7 @@ proptest! {
         }
         // A service rebuilt from the snapshot in a different insertion order is identical.
         let mut rebuilt = KvService::with_limits(limits.clone());
-        let mut entries: Vec<_> = svc.map.clone().into_iter().collect();
+        let mut entries: Vec<_> = svc.map.iter().map(|(k, v)| (k.to_vec(), v.clone())).collect();
         entries.reverse();
         rebuilt.apply(KvOp::MSet { pairs: entries });
         prop_assert_eq!(rebuilt.snapshot().concat(), svc.snapshot().concat());
@@ -911,7 +911,11 @@ fn restore_rejects_entries_not_cut_where_snapshots_cut() {
     }
     assert!(svc.snapshot().len() > 3);
     // The same entries in one sequence (the layout of version 1 under version 2's number).
-    let entries: Vec<(Vec<u8>, Vec<u8>)> = svc.map.clone().into_iter().collect();
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = svc
+        .map
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.clone()))
+        .collect();
     let one_part = encode(&(SNAPSHOT_VERSION, entries));
     let mut target = KvService::new();
     let err = target.restore(&one_part).unwrap_err();
