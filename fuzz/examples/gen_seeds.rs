@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use shieldwall_core::client_table::ClientTable;
 use shieldwall_core::message::{
-    batch_digest, encode, Authenticated, CheckpointCert, CommittedBatch, Fetch, FetchReply,
+    batch_digest, encode, Authenticated, CheckpointCert, CommittedBatch, CommittedDigest, Fetch,
+    FetchReply,
     NewView, PrePrepare, PreparedCert, Signed, StateSnapshot, ViewChange, Vote,
 };
 use shieldwall_core::verify::verify_message;
@@ -181,6 +182,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                     executed: 7,
                     view: 1,
                     nonce: 42,
+                    digests_only: true,
                 },
             )),
         ),
@@ -191,9 +193,13 @@ fn messages() -> Vec<(&'static str, Message)> {
                 FetchReply {
                     view: 0,
                     nonce: 42,
-                    snapshot: Some(snapshot.manifest(four_replicas(0).chunk())),
+                    snapshot: Some(Box::new(snapshot.manifest(four_replicas(0).chunk()))),
                     batches: vec![CommittedBatch {
                         pre_prepare: pp65.clone(),
+                    }],
+                    digests: vec![CommittedDigest {
+                        seq: pp65.seq,
+                        batch_digest: pp65.batch_digest,
                     }],
                 },
             )),

@@ -300,9 +300,9 @@ impl Config {
         self.f as usize + 1
     }
 
-    /// Replicas that must send the same batch for a sequence number before a replica catching
-    /// up accepts it as committed (ADR 017): f+1 in Byzantine mode, so that one is correct; one
-    /// in crash mode, where replicas do not lie.
+    /// Replicas that must vouch for the same batch (its digest) at a sequence number before a
+    /// replica catching up accepts it as committed (ADR 017): f+1 in Byzantine mode, so that one
+    /// is correct; one in crash mode, where replicas do not lie.
     pub fn fetch_agreement(&self) -> usize {
         match self.fault_model {
             FaultModel::Byzantine => self.weak_quorum(),

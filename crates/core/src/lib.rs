@@ -29,9 +29,9 @@ mod replica;
 pub use auth::{Authenticator, Ed25519Auth, SimAuth, VerifyItem};
 pub use config::{Config, ConfigError, Durability, FaultModel};
 pub use message::{
-    Authenticated, Checkpoint, CheckpointCert, CommittedBatch, Fetch, FetchReply, Forward, Message,
-    NewView, PieceInfo, PrePrepare, PreparedCert, Record, Reply, Request, RequestAuth, Signed,
-    SignedRequest, StateSnapshot, ViewChange, Vote, MAC_BYTES,
+    Authenticated, Checkpoint, CheckpointCert, CommittedBatch, CommittedDigest, Fetch, FetchReply,
+    Forward, Message, NewView, PieceInfo, PrePrepare, PreparedCert, Record, Reply, Request,
+    RequestAuth, Signed, SignedRequest, StateSnapshot, ViewChange, Vote, MAC_BYTES,
 };
 pub use replica::{compute_new_view, RecoverError, Replica, SettledVotes, Stats, Status};
 pub use types::{ClientId, Digest, Principal, ReplicaId, Seq, View};

@@ -219,11 +219,26 @@ pub struct Fetch {
     /// Echoed in the reply; a restarted replica uses it to ignore replies meant for its
     /// previous incarnation.
     pub nonce: u64,
+    /// Send the committed batches' digests ([`FetchReply::digests`]) instead of the batches:
+    /// the requester gets the batches from one of the peers it asks and only their digests,
+    /// which vouch for them, from the others.
+    pub digests_only: bool,
+}
+
+/// A committed batch's sequence number and digest: a peer's word for a batch whose body
+/// another peer sends ([`Fetch::digests_only`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedDigest {
+    /// The batch's sequence number.
+    pub seq: Seq,
+    /// Its [`PrePrepare::batch_digest`].
+    pub batch_digest: Digest,
 }
 
 /// A batch its sender committed. COMMITs are authenticated by MACs, so no certificate comes
-/// with it: a replica catching up accepts a batch once f + 1 replicas (one in crash mode) sent
-/// the same one for a sequence number (PBFT's state transfer; ADR 017).
+/// with it: a replica catching up accepts a batch once f + 1 replicas (one in crash mode)
+/// vouched for it at a sequence number, by sending it or its digest (PBFT's state transfer;
+/// ADR 017).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedBatch {
     /// The proposal.
@@ -485,9 +500,14 @@ pub struct FetchReply {
     /// The request's nonce.
     pub nonce: u64,
     /// Manifest of the state at the sender's stable checkpoint (pieces follow on request).
-    pub snapshot: Option<SnapshotManifest>,
-    /// Committed batches in increasing sequence order.
+    /// Boxed: it is rare and large, and every message is as large as its largest kind.
+    pub snapshot: Option<Box<SnapshotManifest>>,
+    /// Committed batches in increasing sequence order (empty if the request asked for
+    /// digests only).
     pub batches: Vec<CommittedBatch>,
+    /// The digests of committed batches in increasing sequence order, if the request asked
+    /// for digests only (else empty).
+    pub digests: Vec<CommittedDigest>,
 }
 
 /// Client requests a follower relays to the leader of `view` because the leader has not
@@ -961,6 +981,7 @@ mod tests {
                         executed,
                         view,
                         nonce: executed ^ view,
+                        digests_only: view % 2 == 1,
                     },
                     sig: vec![],
                 })
@@ -1027,6 +1048,7 @@ mod tests {
                 executed: 3,
                 view: 0,
                 nonce: 0,
+                digests_only: false,
             },
             sig: vec![],
         });

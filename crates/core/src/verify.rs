@@ -310,7 +310,9 @@ fn verify_message_with(
                     return Err(Reject::BadStateTransfer.into());
                 }
             }
-            if r.batches.len() > config.fetch_batches_max as usize {
+            if r.batches.len() > config.fetch_batches_max as usize
+                || r.digests.len() > config.fetch_batches_max as usize
+            {
                 return Err(Reject::TooLarge.into());
             }
             for b in &r.batches {
@@ -538,7 +540,7 @@ pub fn check_prepared_cert(
 
 /// A committed batch as its sender vouches for it: a valid batch (limits, digest, request
 /// signatures). Whether it was committed is the engine's question: it accepts a batch that
-/// [`Config::fetch_agreement`] replicas sent alike.
+/// [`Config::fetch_agreement`] replicas vouched for alike.
 pub fn check_committed_batch(
     config: &Config,
     auth: &dyn Authenticator,

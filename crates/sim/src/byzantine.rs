@@ -265,19 +265,39 @@ impl Byzantine {
                             }
                         }
                         // Batches it claims committed that no correct replica committed,
-                        // consistent with their digests: a forged write slipped in, or the
-                        // batch reordered and cut.
+                        // consistent with their digests. Every batch but the last is the next
+                        // one relabelled, and the digests the same way: the lie is the same at
+                        // every liar, so f of them agree on it and only the f + 1 rule stops it.
+                        // The last is a forged write slipped in, or the batch reordered and cut.
+                        for i in 1..r.body.batches.len() {
+                            let next = r.body.batches[i].pre_prepare.clone();
+                            let b = &mut r.body.batches[i - 1].pre_prepare;
+                            b.batch = next.batch;
+                            b.batch_digest = next.batch_digest;
+                        }
+                        for i in 1..r.body.digests.len() {
+                            r.body.digests[i - 1].batch_digest = r.body.digests[i].batch_digest;
+                        }
                         let forge = self.rng.gen_bool(0.5);
                         let forged = self.forged_request();
                         if let Some(b) = r.body.batches.last_mut() {
                             let batch = &mut b.pre_prepare.batch;
                             if forge || batch.is_empty() {
-                                batch.insert(0, forged);
+                                batch.insert(0, forged.clone());
                             } else {
                                 batch.reverse();
                                 batch.pop();
                             }
                             b.pre_prepare.batch_digest = batch_digest(batch);
+                        }
+                        // Asked for digests: vouches for a batch of its own making (the forged
+                        // write alone) or for nothing any replica holds.
+                        if let Some(d) = r.body.digests.last_mut() {
+                            d.batch_digest = if forge {
+                                batch_digest(&[forged])
+                            } else {
+                                self.random_digest()
+                            };
                         }
                     }
                     Message::Checkpoint(c) if self.rng.gen_bool(0.5) => {

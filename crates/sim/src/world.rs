@@ -1149,11 +1149,18 @@ fn summary(m: &Message) -> String {
                 .join(" ")
         ),
         Message::Fetch(f) => format!(
-            "FETCH from {} executed {} v{}",
-            f.from, f.body.executed, f.body.view
+            "FETCH from {} executed {} v{}{}",
+            f.from,
+            f.body.executed,
+            f.body.view,
+            if f.body.digests_only {
+                " digests only"
+            } else {
+                ""
+            }
         ),
         Message::FetchReply(r) => format!(
-            "FETCH-REPLY from {} v{} snapshot {:?} batches [{}]",
+            "FETCH-REPLY from {} v{} snapshot {:?} batches [{}] digests [{}]",
             r.from,
             r.body.view,
             r.body.snapshot.as_ref().map(|s| s.checkpoint.seq),
@@ -1161,6 +1168,12 @@ fn summary(m: &Message) -> String {
                 .batches
                 .iter()
                 .map(|b| format!("s{}", b.pre_prepare.seq))
+                .collect::<Vec<_>>()
+                .join(","),
+            r.body
+                .digests
+                .iter()
+                .map(|d| format!("s{}", d.seq))
                 .collect::<Vec<_>>()
                 .join(",")
         ),

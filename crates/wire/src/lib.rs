@@ -32,7 +32,7 @@ use shieldwall_core::message::{self, Message};
 use shieldwall_core::{Principal, SignedRequest};
 
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Bytes before the body: length (4), version (1), kind (1).
 pub const HEADER_BYTES: usize = 6;
 /// The smallest value of the length field (version and kind, empty body).

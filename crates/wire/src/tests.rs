@@ -211,6 +211,7 @@ fn header_errors_are_typed() {
             executed: 1,
             view: 2,
             nonce: 3,
+            digests_only: false,
         },
         sig: vec![],
     }));

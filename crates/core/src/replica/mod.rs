@@ -299,9 +299,18 @@ pub(crate) struct Transfer {
 /// An outstanding state-transfer request.
 #[derive(Clone, Debug)]
 pub(crate) struct FetchState {
-    /// The peers asked ([`Config::fetch_agreement`] of them).
+    /// The peers asked ([`Config::fetch_agreement`] of them); the first for the batches, the
+    /// others for their digests.
     pub(crate) peers: Vec<ReplicaId>,
     pub(crate) deadline_ms: u64,
+}
+
+/// One peer's word for a slot in state transfer: the digest of the batch it committed there
+/// and, if it was asked for batches, the batch.
+#[derive(Clone, Debug)]
+pub(crate) struct Vouch {
+    pub(crate) digest: Digest,
+    pub(crate) batch: Option<crate::message::CommittedBatch>,
 }
 
 /// A PBFT / Multi-Paxos replica. See the crate documentation for the event/action contract.
@@ -355,11 +364,13 @@ pub struct Replica {
     // State transfer.
     pub(crate) fetch: Option<FetchState>,
     pub(crate) fetch_target: Seq,
+    /// The peer the last FETCH asked for the batches (the next round starts after it).
     pub(crate) last_fetch_peer: ReplicaId,
-    /// Batches peers sent in fetch replies and that are not yet accepted: per sequence number,
-    /// the batch each peer vouched for (one per peer, so a liar holds at most one entry per
-    /// slot of the window). A batch is accepted once [`Config::fetch_agreement`] peers sent it.
-    pub(crate) vouched: BTreeMap<Seq, BTreeMap<ReplicaId, crate::message::CommittedBatch>>,
+    /// What peers vouched for in fetch replies and is not yet accepted: per sequence number,
+    /// each peer's batch digest and, from the peer asked for batches, the batch itself (one
+    /// entry per peer, so a liar holds at most one per slot of the window). A batch is
+    /// accepted once [`Config::fetch_agreement`] peers sent its digest and one sent the batch.
+    pub(crate) vouched: BTreeMap<Seq, BTreeMap<ReplicaId, Vouch>>,
     /// A snapshot being fetched in pieces.
     pub(crate) transfer: Option<Transfer>,
     /// The manifest of the stable state (computed on the first request for it).

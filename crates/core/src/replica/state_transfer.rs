@@ -1,21 +1,23 @@
 //! State transfer (PBFT 5.3.2, simplified): a replica that is behind asks f + 1 peers (one in
 //! crash mode) for the committed batches it misses, or for the manifest of the peers' stable
 //! state when it is below that checkpoint. COMMITs are authenticated by MACs (ADR 017), so a
-//! committed batch carries no certificate: the replica accepts a batch once f + 1 peers sent
-//! the same one for its sequence number, at least one of them correct. A snapshot is certified
+//! committed batch carries no certificate: the replica accepts a batch once f + 1 peers
+//! vouched for the same one at its sequence number, at least one of them correct. Only the
+//! first peer asked sends the batches; the others send their digests (so a batch crosses the
+//! network once, not f + 1 times). A snapshot is certified
 //! by its signed checkpoint certificate instead, and travels in fixed-size pieces fetched from
 //! all peers in turn, a few at a time, each checked against the manifest (whose digest is the
 //! certified state digest), so memory holds the state being rebuilt plus a bounded number of
 //! pieces in flight. Peers that do not help in time are replaced by the next ones, and a peer
 //! that lies or stays silent only costs a retry elsewhere.
 
-use super::{FetchState, HeldState, Replica, Transfer};
+use super::{FetchState, HeldState, Replica, Transfer, Vouch};
 use crate::client_table::ClientTable;
 use crate::message::{
-    CheckpointCert, Chunk, CommittedBatch, Fetch, FetchChunk, FetchReply, Message, Record,
-    Signable, Signed, SnapshotManifest,
+    CheckpointCert, Chunk, CommittedBatch, CommittedDigest, Fetch, FetchChunk, FetchReply, Message,
+    Record, Signable, Signed, SnapshotManifest,
 };
-use crate::types::{ReplicaId, Seq};
+use crate::types::{Digest, ReplicaId, Seq};
 use crate::verify::Reject;
 use crate::Action;
 
@@ -41,7 +43,8 @@ impl Replica {
 
     /// Ask [`crate::Config::fetch_agreement`] peers, the first at or after `first` in replica
     /// order and the others following it (everyone while recovering), for what follows our
-    /// last executed batch.
+    /// last executed batch: the first for the batches, the others for their digests. A round
+    /// that does not help in time is followed by one starting at the next peer.
     pub(crate) fn send_fetch(&mut self, first: ReplicaId) {
         let n = self.cfg.n;
         let ask = match self.recovery {
@@ -53,25 +56,33 @@ impl Replica {
             .filter(|&p| p != self.id)
             .take(ask)
             .collect();
-        let Some(&last) = peers.last() else {
+        let Some(&batches_from) = peers.first() else {
             return;
         };
-        self.last_fetch_peer = last;
-        let body = Fetch {
-            executed: self.last_executed,
-            view: self.view,
-            nonce: self.recovery.as_ref().map_or(0, |r| r.nonce),
-        };
-        let sig = self.sign_bytes(&body.signing_bytes());
-        let msg = Message::Fetch(Signed {
-            from: self.id,
-            body,
-            sig,
-        });
-        if self.recovery.is_some() {
-            self.broadcast(msg);
-        } else {
-            for &peer in &peers {
+        // The next round starts after this round's batch sender, not after its last peer:
+        // turn by turn every peer is asked for the batches, so f faulty ones cannot hold that
+        // role forever (digests alone never make a batch).
+        self.last_fetch_peer = batches_from;
+        let mut digests_only = None;
+        for (i, &peer) in peers.iter().enumerate() {
+            let ask_digests = i > 0;
+            // One signed request for the batches, one for every peer asked for digests.
+            if digests_only.as_ref().is_none_or(|(d, _)| *d != ask_digests) {
+                let body = Fetch {
+                    executed: self.last_executed,
+                    view: self.view,
+                    nonce: self.recovery.as_ref().map_or(0, |r| r.nonce),
+                    digests_only: ask_digests,
+                };
+                let sig = self.sign_bytes(&body.signing_bytes());
+                let msg = Message::Fetch(Signed {
+                    from: self.id,
+                    body,
+                    sig,
+                });
+                digests_only = Some((ask_digests, msg));
+            }
+            if let Some((_, msg)) = &digests_only {
                 self.send(peer, msg.clone());
             }
         }
@@ -118,7 +129,9 @@ impl Replica {
         }
         let mut from = f.body.executed;
         let snapshot = if from < self.stable.seq {
-            self.stable_manifest().inspect(|_| from = self.stable.seq)
+            self.stable_manifest()
+                .inspect(|_| from = self.stable.seq)
+                .map(Box::new)
         } else {
             None
         };
@@ -129,20 +142,34 @@ impl Replica {
                 .as_ref()
                 .map_or(0, |m| m.pieces.len() * 37 + (64 << 10)),
         );
-        let batches = (from + 1..)
-            .map_while(|s| self.slots.get(&s).and_then(|slot| slot.committed.clone()))
-            .take(self.cfg.fetch_batches_max as usize)
-            .take_while(|b| {
-                let size = crate::message::encode(b).len();
-                room = room.saturating_sub(size);
-                room > 0
-            })
-            .collect();
+        let committed = (from + 1..)
+            .map_while(|s| self.slots.get(&s).and_then(|slot| slot.committed.as_ref()))
+            .take(self.cfg.fetch_batches_max as usize);
+        let (batches, digests) = if f.body.digests_only {
+            let digests = committed
+                .map(|b| CommittedDigest {
+                    seq: b.pre_prepare.seq,
+                    batch_digest: b.pre_prepare.batch_digest,
+                })
+                .collect();
+            (Vec::new(), digests)
+        } else {
+            let batches = committed
+                .take_while(|b| {
+                    let size = crate::message::encode(*b).len();
+                    room = room.saturating_sub(size);
+                    room > 0
+                })
+                .cloned()
+                .collect();
+            (batches, Vec::new())
+        };
         let body = FetchReply {
             view: self.view,
             nonce: f.body.nonce,
             snapshot,
             batches,
+            digests,
         };
         let sig = self.sign_bytes(&body.signing_bytes());
         self.send(
@@ -175,10 +202,22 @@ impl Replica {
             .window_top(self.stable.seq)
             .min(self.last_executed + u64::from(self.cfg.fetch_batches_max));
         if let Some(manifest) = reply.snapshot {
-            self.start_transfer(from, manifest);
+            self.start_transfer(from, *manifest);
         }
-        for b in reply.batches {
-            let seq = b.pre_prepare.seq;
+        let vouches = reply
+            .batches
+            .into_iter()
+            .map(|b| {
+                let (seq, digest) = (b.pre_prepare.seq, b.pre_prepare.batch_digest);
+                (seq, digest, Some(b))
+            })
+            .chain(
+                reply
+                    .digests
+                    .into_iter()
+                    .map(|d| (d.seq, d.batch_digest, None)),
+            );
+        for (seq, digest, batch) in vouches {
             // Batches we have not executed are useful, also at or below a checkpoint that
             // became stable while we lagged (we need them to reach it; the checkpoint's
             // snapshot may not be available yet).
@@ -188,7 +227,7 @@ impl Replica {
             if self.slots.get(&seq).is_some_and(|s| s.committed.is_some()) {
                 continue;
             }
-            self.vouch(from, b);
+            self.vouch(from, seq, digest, batch);
         }
         self.try_execute();
         let useful = self.last_executed > before || self.stats.batches_fetched > accepted_before;
@@ -205,21 +244,31 @@ impl Replica {
         }
     }
 
-    /// `from` sent `batch` as committed: accept it once enough peers sent the same batch for
-    /// its sequence number. A peer's later batch for the same number replaces its earlier one.
-    fn vouch(&mut self, from: ReplicaId, batch: CommittedBatch) {
-        let seq = batch.pre_prepare.seq;
-        let digest = batch.pre_prepare.batch_digest;
+    /// `from` vouched that the batch with `digest` committed at `seq`, and sent it if `batch`
+    /// (whose digest the verifier checked against its requests): accept the batch once enough
+    /// peers vouched for the same digest and one of them sent it. A peer's later word for the
+    /// same number replaces its earlier one, except that a digest repeating the batch it sent
+    /// keeps the batch.
+    fn vouch(&mut self, from: ReplicaId, seq: Seq, digest: Digest, batch: Option<CommittedBatch>) {
         let vouches = self.vouched.entry(seq).or_default();
-        vouches.insert(from, batch);
-        let agreeing = vouches
+        match vouches.get_mut(&from) {
+            Some(v) if v.digest == digest && batch.is_none() => {}
+            _ => {
+                vouches.insert(from, Vouch { digest, batch });
+            }
+        }
+        let agreeing = vouches.values().filter(|v| v.digest == digest).count();
+        let sent = vouches
             .values()
-            .filter(|b| b.pre_prepare.batch_digest == digest)
-            .count();
-        if agreeing < self.cfg.fetch_agreement() {
+            .any(|v| v.digest == digest && v.batch.is_some());
+        if agreeing < self.cfg.fetch_agreement() || !sent {
             return;
         }
-        let Some(batch) = self.vouched.remove(&seq).and_then(|mut v| v.remove(&from)) else {
+        let Some(batch) = self.vouched.remove(&seq).and_then(|v| {
+            v.into_values()
+                .filter(|v| v.digest == digest)
+                .find_map(|v| v.batch)
+        }) else {
             return;
         };
         self.note_progress_hint(seq);

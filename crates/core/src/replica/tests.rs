@@ -749,16 +749,44 @@ fn lagging_replica_catches_up_by_state_transfer() {
 
 /// A FETCH-REPLY from `from` carrying `batches` as committed.
 fn fetch_reply(from: ReplicaId, batches: &[&PrePrepare]) -> Event {
-    let body = crate::message::FetchReply {
-        view: 0,
-        nonce: 0,
-        snapshot: None,
-        batches: batches
+    signed_fetch_reply(
+        from,
+        batches
             .iter()
             .map(|pp| crate::message::CommittedBatch {
                 pre_prepare: (*pp).clone(),
             })
             .collect(),
+        Vec::new(),
+    )
+}
+
+/// A FETCH-REPLY from `from` carrying only the digests of `batches`.
+fn digest_reply(from: ReplicaId, batches: &[&PrePrepare]) -> Event {
+    signed_fetch_reply(
+        from,
+        Vec::new(),
+        batches
+            .iter()
+            .map(|pp| crate::message::CommittedDigest {
+                seq: pp.seq,
+                batch_digest: pp.batch_digest,
+            })
+            .collect(),
+    )
+}
+
+fn signed_fetch_reply(
+    from: ReplicaId,
+    batches: Vec<crate::message::CommittedBatch>,
+    digests: Vec<crate::message::CommittedDigest>,
+) -> Event {
+    let body = crate::message::FetchReply {
+        view: 0,
+        nonce: 0,
+        snapshot: None,
+        batches,
+        digests,
     };
     let sig = SimAuth::new(Principal::Replica(from), SEED).sign(&body.signing_bytes());
     Event::Message(Message::FetchReply(Signed { from, body, sig }))
@@ -775,31 +803,27 @@ fn executed_seqs(out: &mut Vec<Action>) -> Vec<u64> {
 
 /// The peers `out` sends a FETCH to, sorted.
 fn fetched_from(out: &mut Vec<Action>) -> Vec<ReplicaId> {
-    let mut peers: Vec<ReplicaId> = out
-        .drain(..)
-        .filter_map(|a| match a {
-            Action::Send {
-                to,
-                message: Message::Fetch(_),
-            } => Some(to),
-            _ => None,
-        })
-        .collect();
-    peers.sort_unstable();
-    peers
+    fetches(out).into_iter().map(|(peer, _)| peer).collect()
 }
 
-#[test]
-fn a_fetched_batch_is_accepted_once_f_plus_1_peers_sent_it() {
-    // n = 4, f = 1: two peers must agree. Replica 3 lies about slot 1.
+/// Replica 1 of n = 4 (f = 1), behind by slot 1, having asked for it; the batch committed
+/// there and one that was not.
+fn lagging_replica() -> (Replica, u64, PrePrepare, PrePrepare) {
     let cfg = config(4, FaultModel::Byzantine);
     let timeout = cfg.fetch_timeout_ms;
     let mut r = Replica::new(cfg, 1, auth(Principal::Replica(1))).unwrap();
     let real = leader_pre_prepare(vec![request(1, 1, b"real")]).body;
     let lie = leader_pre_prepare(vec![request(1, 1, b"lie")]).body;
-    let mut out = Vec::new();
     r.note_progress_hint(1);
     r.start_fetch();
+    (r, timeout, real, lie)
+}
+
+#[test]
+fn a_fetched_batch_is_accepted_once_f_plus_1_peers_sent_it() {
+    // n = 4, f = 1: two peers must agree. Replica 3 lies about slot 1.
+    let (mut r, timeout, real, lie) = lagging_replica();
+    let mut out = Vec::new();
     assert_eq!(fetched_from(&mut r.out), [2, 3]);
     r.handle(0, fetch_reply(0, &[&real]), &mut out);
     assert!(executed_seqs(&mut out).is_empty());
@@ -822,9 +846,10 @@ fn a_fetched_batch_is_accepted_once_f_plus_1_peers_sent_it() {
         executed_seqs(&mut out).is_empty(),
         "two peers that disagree"
     );
-    // No agreement in time: the next peers are asked (replica 0 and replica 2 again).
+    // No agreement in time: the next round starts after the batch sender (replica 3 for the
+    // batches, replica 0 for digests); replica 2's earlier word is kept.
     r.handle(timeout, Event::Tick, &mut out);
-    assert_eq!(fetched_from(&mut out), [0, 2]);
+    assert_eq!(fetched_from(&mut out), [0, 3]);
     r.handle(timeout, fetch_reply(0, &[&real]), &mut out);
     assert_eq!(
         executed_seqs(&mut out),
@@ -845,6 +870,143 @@ fn a_fetched_batch_is_accepted_once_f_plus_1_peers_sent_it() {
         &mut out,
     );
     assert!(r.vouched.is_empty());
+}
+
+/// The FETCHes in `out`: (peer, digests only), sorted by peer.
+fn fetches(out: &mut Vec<Action>) -> Vec<(ReplicaId, bool)> {
+    let mut asked: Vec<(ReplicaId, bool)> = out
+        .drain(..)
+        .filter_map(|a| match a {
+            Action::Send {
+                to,
+                message: Message::Fetch(f),
+            } => Some((to, f.body.digests_only)),
+            _ => None,
+        })
+        .collect();
+    asked.sort_unstable();
+    asked
+}
+
+#[test]
+fn one_peer_sends_the_batches_and_the_others_their_digests() {
+    // n = 4, f = 1: replica 1 asks replica 2 for batches and replica 3 for digests.
+    let (mut r, timeout, real, lie) = lagging_replica();
+    let mut out = Vec::new();
+    assert_eq!(fetches(&mut r.out), [(2, false), (3, true)]);
+    // Digests alone never make a batch, however many agree.
+    r.handle(0, digest_reply(3, &[&real]), &mut out);
+    r.handle(0, digest_reply(2, &[&real]), &mut out);
+    assert!(executed_seqs(&mut out).is_empty(), "no peer sent the batch");
+    // A batch whose digest no other peer vouched for is not accepted.
+    r.handle(0, fetch_reply(2, &[&lie]), &mut out);
+    assert!(
+        executed_seqs(&mut out).is_empty(),
+        "replica 3 vouched for another batch"
+    );
+    // Replica 2 repeating the digest of the batch it sent keeps the batch.
+    r.handle(0, digest_reply(2, &[&lie]), &mut out);
+    assert!(r.vouched[&1][&2].batch.is_some());
+    assert!(executed_seqs(&mut out).is_empty());
+    // The batch from one peer and its digest from another: accepted, and the same peers are
+    // asked for what follows (the reply helped).
+    r.handle(0, fetch_reply(2, &[&real]), &mut out);
+    let committed = r.slots.get(&1).and_then(|s| s.committed.clone()).unwrap();
+    assert_eq!(committed.pre_prepare, real);
+    assert_eq!(fetches(&mut out.clone()), [(2, false), (3, true)]);
+    assert_eq!(executed_seqs(&mut out), [1]);
+    // A round that does not help in time: the next starts at the peer after the batch sender.
+    r.note_progress_hint(2);
+    r.handle(timeout, Event::Tick, &mut out);
+    assert_eq!(fetches(&mut out), [(0, true), (3, false)]);
+}
+
+#[test]
+fn every_peer_takes_its_turn_sending_the_batches() {
+    // n = 7, f = 2: rounds that time out move the batch sender one peer on (skipping the
+    // replica itself), so f faulty peers cannot keep that role; moving by whole groups of
+    // f + 1 would ask only replicas 1 and 4 for batches, forever.
+    let cfg = config(7, FaultModel::Byzantine);
+    let timeout = cfg.fetch_timeout_ms;
+    let mut r = Replica::new(cfg, 0, auth(Principal::Replica(0))).unwrap();
+    r.note_progress_hint(1);
+    r.start_fetch();
+    let mut out = std::mem::take(&mut r.out);
+    let mut senders = Vec::new();
+    for round in 1..=7 {
+        let asked = fetches(&mut out);
+        assert_eq!(asked.len(), 3, "round {round}: f + 1 peers");
+        senders.extend(asked.iter().filter(|(_, d)| !d).map(|(p, _)| *p));
+        r.handle(round * timeout, Event::Tick, &mut out);
+    }
+    assert_eq!(senders, [1, 2, 3, 4, 5, 6, 1]);
+}
+
+#[test]
+fn a_peer_asked_for_digests_sends_digests_only() {
+    let mut r = Replica::new(
+        config(4, FaultModel::Byzantine),
+        1,
+        auth(Principal::Replica(1)),
+    )
+    .unwrap();
+    let batches: Vec<PrePrepare> = (1..=3)
+        .map(|seq| {
+            let mut pp = leader_pre_prepare(vec![request(1, seq, b"x")]).body;
+            pp.seq = seq;
+            pp
+        })
+        .collect();
+    for pp in &batches {
+        r.slots.entry(pp.seq).or_default().committed = Some(crate::message::CommittedBatch {
+            pre_prepare: pp.clone(),
+        });
+    }
+    let mut replies = Vec::new();
+    for digests_only in [true, false] {
+        let body = crate::message::Fetch {
+            executed: 1,
+            view: 0,
+            nonce: 1,
+            digests_only,
+        };
+        r.on_fetch(Signed {
+            from: 2,
+            body,
+            sig: Vec::new(),
+        });
+        let mut out = Vec::new();
+        r.release(&mut out);
+        replies.extend(out.into_iter().filter_map(|a| match a {
+            Action::Send {
+                message: Message::FetchReply(reply),
+                ..
+            } => Some(reply.body),
+            _ => None,
+        }));
+    }
+    let [digests, full] = &replies[..] else {
+        panic!("two replies: {replies:?}");
+    };
+    assert!(digests.batches.is_empty());
+    assert_eq!(
+        digests.digests,
+        batches[1..]
+            .iter()
+            .map(|pp| crate::message::CommittedDigest {
+                seq: pp.seq,
+                batch_digest: pp.batch_digest
+            })
+            .collect::<Vec<_>>()
+    );
+    assert!(full.digests.is_empty());
+    assert_eq!(
+        full.batches
+            .iter()
+            .map(|b| b.pre_prepare.clone())
+            .collect::<Vec<_>>(),
+        batches[1..]
+    );
 }
 
 #[test]
@@ -1929,6 +2091,7 @@ fn a_fetch_reply_stays_within_half_a_message() {
         executed: 0,
         view: 0,
         nonce: 1,
+        digests_only: false,
     };
     r.on_fetch(Signed {
         from: 2,
