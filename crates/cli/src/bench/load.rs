@@ -114,18 +114,6 @@ impl Tally {
             }
         }
     }
-
-    /// Add another tally's operations.
-    pub fn merge(&mut self, other: &Tally) {
-        // Both histograms have the same bounds, and saturating adds cannot fail otherwise.
-        let _ = self.hist.add(&other.hist);
-        self.reads += other.reads;
-        self.writes += other.writes;
-        self.errors += other.errors;
-        if self.first_error.is_none() {
-            self.first_error.clone_from(&other.first_error);
-        }
-    }
 }
 
 /// The operations of one stream: writes cycle through the stream's own keys, reads pick one
@@ -237,7 +225,6 @@ pub async fn run(
                     tasks.spawn(closed_worker(
                         client.clone(),
                         gen,
-                        Tally::new(&template),
                         window,
                         live.clone(),
                         tally.clone(),
@@ -268,10 +255,12 @@ pub async fn run(
     tally.unwrap_or_else(|_| Tally::new(&template))
 }
 
+/// One closed-loop stream. Every stream records into the one shared tally (as the open loop
+/// does): a histogram of its own per stream was 188 KiB each, 96 MiB at 16 clients x 32 and
+/// a cache miss per record.
 async fn closed_worker(
     client: Client,
     mut gen: OpGen,
-    mut mine: Tally,
     window: Window,
     live: Arc<Live>,
     tally: Arc<Mutex<Tally>>,
@@ -286,11 +275,10 @@ async fn closed_worker(
         let latency = start.elapsed();
         count(&live, outcome.is_ok());
         if window.measures(start) {
-            mine.record(latency, read, outcome);
+            if let Ok(mut t) = tally.lock() {
+                t.record(latency, read, outcome);
+            }
         }
-    }
-    if let Ok(mut t) = tally.lock() {
-        t.merge(&mine);
     }
 }
 
@@ -424,16 +412,14 @@ mod tests {
     }
 
     #[test]
-    fn tally_counts_and_merges() {
+    fn tally_counts() {
         let template = crate::bench::report::new_histogram().unwrap();
         let mut a = Tally::new(&template);
         a.record(Duration::from_millis(2), false, Ok(()));
         a.record(Duration::from_millis(4), true, Ok(()));
         a.record(Duration::from_millis(9), true, Err("timeout".into()));
-        let mut b = Tally::new(&template);
-        b.record(Duration::from_millis(6), false, Ok(()));
-        b.record(Duration::ZERO, false, Err("other".into()));
-        a.merge(&b);
+        a.record(Duration::from_millis(6), false, Ok(()));
+        a.record(Duration::ZERO, false, Err("other".into()));
         assert_eq!((a.reads, a.writes, a.errors, a.ops()), (1, 2, 2, 3));
         assert_eq!(a.hist.len(), 3);
         assert_eq!(a.first_error.as_deref(), Some("timeout"));
