@@ -63,26 +63,10 @@ impl Replica {
         // turn by turn every peer is asked for the batches, so f faulty ones cannot hold that
         // role forever (digests alone never make a batch).
         self.last_fetch_peer = batches_from;
-        let mut digests_only = None;
-        for (i, &peer) in peers.iter().enumerate() {
-            let ask_digests = i > 0;
-            // One signed request for the batches, one for every peer asked for digests.
-            if digests_only.as_ref().is_none_or(|(d, _)| *d != ask_digests) {
-                let body = Fetch {
-                    executed: self.last_executed,
-                    view: self.view,
-                    nonce: self.recovery.as_ref().map_or(0, |r| r.nonce),
-                    digests_only: ask_digests,
-                };
-                let sig = self.sign_bytes(&body.signing_bytes());
-                let msg = Message::Fetch(Signed {
-                    from: self.id,
-                    body,
-                    sig,
-                });
-                digests_only = Some((ask_digests, msg));
-            }
-            if let Some((_, msg)) = &digests_only {
+        self.send(batches_from, self.fetch_message(false));
+        if peers.len() > 1 {
+            let msg = self.fetch_message(true);
+            for &peer in &peers[1..] {
                 self.send(peer, msg.clone());
             }
         }
@@ -90,6 +74,22 @@ impl Replica {
             peers,
             deadline_ms: self.now_ms + self.cfg.fetch_timeout_ms,
         });
+    }
+
+    /// A signed FETCH for what follows our last executed batch: the batches, or their digests.
+    fn fetch_message(&self, digests_only: bool) -> Message {
+        let body = Fetch {
+            executed: self.last_executed,
+            view: self.view,
+            nonce: self.recovery.as_ref().map_or(0, |r| r.nonce),
+            digests_only,
+        };
+        let sig = self.sign_bytes(&body.signing_bytes());
+        Message::Fetch(Signed {
+            from: self.id,
+            body,
+            sig,
+        })
     }
 
     pub(crate) fn fetch_deadline(&self) -> Option<u64> {
