@@ -20,7 +20,13 @@ impl Replica {
         let previous = (self.own_checkpoints.values().next_back())
             .or(self.stable_state.as_ref())
             .or(self.previous_state.as_ref().map(|(_, state)| state));
-        let (state, hashed) = HeldState::new(self.cfg.chunk(), &service, clients.into(), previous);
+        let (state, hashed) = HeldState::new(
+            self.cfg.chunk(),
+            &service,
+            clients.into(),
+            previous,
+            &mut self.known_pieces,
+        );
         self.stats.state_bytes_hashed += hashed;
         let digest = state.digest;
         if seq == self.stable.seq && digest == self.stable.state_digest {

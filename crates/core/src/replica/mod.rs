@@ -168,9 +168,27 @@ pub(crate) struct HeldState {
     service_len: u64,
     /// How many of `pieces` are the service's.
     service_pieces: usize,
-    pieces: Arc<[bytes::Bytes]>,
-    infos: Arc<[PieceInfo]>,
-    groups: Arc<[std::ops::Range<usize>]>,
+    // `Arc<Vec<_>>` rather than `Arc<[_]>`: a state of tens of thousands of pieces is taken at
+    // every checkpoint, and turning a `Vec` into an `Arc<[_]>` copies it into a fresh
+    // allocation (page faults and zeroing of a few MB per checkpoint under load).
+    pieces: Arc<Vec<bytes::Bytes>>,
+    infos: Arc<Vec<PieceInfo>>,
+    groups: Arc<Vec<std::ops::Range<usize>>>,
+}
+
+/// The pieces of the newest state a replica took, by buffer address and length, for
+/// [`HeldState::new`]. The table is kept between checkpoints so that its room is reused: at
+/// tens of thousands of pieces a fresh table per checkpoint cost page faults and zeroing.
+#[derive(Debug, Default)]
+pub(crate) struct KnownPieces {
+    table: std::collections::HashMap<(usize, usize), PieceInfo, BuildAddressHasher>,
+}
+
+impl Clone for KnownPieces {
+    /// A scratch table: a clone starts empty (it only saves allocations).
+    fn clone(&self) -> KnownPieces {
+        KnownPieces::default()
+    }
 }
 
 impl HeldState {
@@ -183,13 +201,12 @@ impl HeldState {
         service: &[bytes::Bytes],
         clients: bytes::Bytes,
         previous: Option<&HeldState>,
+        known: &mut KnownPieces,
     ) -> (HeldState, u64) {
         let pieces = crate::message::state_pieces(chunk, service, &clients);
-        let mut known: std::collections::HashMap<(usize, usize), PieceInfo, BuildAddressHasher> =
-            std::collections::HashMap::with_capacity_and_hasher(
-                previous.map_or(0, |p| p.pieces.len()),
-                BuildAddressHasher::default(),
-            );
+        // Entries of an earlier state may name buffers freed since: start afresh.
+        let known = &mut known.table;
+        known.clear();
         if let Some(p) = previous {
             known.extend(
                 p.pieces
@@ -239,9 +256,9 @@ impl HeldState {
             digest: crate::message::manifest_digest(service_len, clients_len, &infos),
             service_len,
             service_pieces,
-            pieces: pieces.into(),
-            infos: infos.into(),
-            groups: groups.into(),
+            pieces: Arc::new(pieces),
+            infos: Arc::new(infos),
+            groups: Arc::new(groups),
         }
     }
 
@@ -414,6 +431,8 @@ pub struct Replica {
     /// The previous stable state, still served to transfers that started before the last
     /// checkpoint became stable.
     pub(crate) previous_state: Option<(Seq, HeldState)>,
+    /// Scratch room for taking checkpoints (see [`KnownPieces`]).
+    pub(crate) known_pieces: KnownPieces,
 
     // Durable mode (ADR 007).
     /// Tickets handed out by `persist`.
@@ -504,6 +523,7 @@ impl Replica {
             transfer: None,
             stable_manifest: None,
             previous_state: None,
+            known_pieces: KnownPieces::default(),
             tickets_issued: 0,
             tickets_persisted: 0,
             tickets_emitted: 0,

@@ -64,8 +64,13 @@ impl Replica {
         let mut restore = None;
         if let Some(snap) = checkpoint {
             let seq = snap.checkpoint.seq;
-            let (state, _) =
-                HeldState::new(r.cfg.chunk(), &snap.service, snap.clients.clone(), None);
+            let (state, _) = HeldState::new(
+                r.cfg.chunk(),
+                &snap.service,
+                snap.clients.clone(),
+                None,
+                &mut r.known_pieces,
+            );
             if state.digest != snap.checkpoint.state_digest {
                 return Err(RecoverError::BadCheckpoint {
                     seq,

@@ -1953,7 +1953,13 @@ fn a_held_state_digests_and_offers_what_a_state_snapshot_would() {
     let service: Vec<u8> = parts.concat();
     let clients = bytes::Bytes::from(vec![9u8; 37]);
     for chunk in [1, 7, 64, 1000, 1037, 4096] {
-        let (held, hashed) = super::HeldState::new(chunk, &parts, clients.clone(), None);
+        let (held, hashed) = super::HeldState::new(
+            chunk,
+            &parts,
+            clients.clone(),
+            None,
+            &mut Default::default(),
+        );
         assert_eq!(hashed, (service.len() + clients.len()) as u64);
         let digest = StateSnapshot::state_digest(chunk, &parts, &clients);
         assert_eq!(held.digest, digest, "chunk {chunk}");
@@ -1993,7 +1999,13 @@ fn a_held_state_digests_and_offers_what_a_state_snapshot_would() {
         let mut next = parts.clone();
         next[4] = vec![7u8; 1000].into();
         let clients2 = bytes::Bytes::from(vec![9u8; 37]);
-        let (again, hashed) = super::HeldState::new(chunk, &next, clients2.clone(), Some(&held));
+        let (again, hashed) = super::HeldState::new(
+            chunk,
+            &next,
+            clients2.clone(),
+            Some(&held),
+            &mut Default::default(),
+        );
         assert_eq!(hashed, 1000 + 37, "chunk {chunk}");
         assert_eq!(
             again.digest,
