@@ -1,11 +1,11 @@
 //! The deterministic key-value state machine that shieldwall replicates.
 //!
-//! State is a `BTreeMap` from keys to values (ordered, so `KEYS` and snapshots do not depend on
-//! insertion order or a hash seed; short keys live inside the map's nodes, see `key`) plus a byte count derived from it. Every input is bounded by
+//! State is a map from keys to values (ordered, so `KEYS` and snapshots do not depend on
+//! insertion order or a hash seed, and indexed by hash for point reads and writes, see `store`;
+//! short keys are kept inline, see `key`) plus a byte count derived from it. Every input is bounded by
 //! [`KvLimits`]; an operation that would break a limit returns an error result and leaves the
 //! state unchanged, the same way on every replica.
 
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -17,9 +17,11 @@ use crate::ops::{KvOp, KvReply, SetCondition, PIPELINE_OPS_MAX};
 
 mod key;
 mod parts;
+mod store;
 
 use key::Key;
 use parts::PartCache;
+use store::Store;
 
 /// The error lines the service returns, as Redis 7 words them where Redis has the error.
 pub mod errors {
@@ -48,9 +50,10 @@ pub mod errors {
 }
 
 /// Bytes charged per key on top of its key and value lengths in
-/// [`KvLimits::state_bytes_max`]: a rough cost of a B-tree entry and two vector headers, so
-/// that millions of empty keys cannot hide from the limit.
-pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
+/// [`KvLimits::state_bytes_max`]: a rough cost of the key's B-tree entry, its hash-table entry
+/// and its value's slot (see `store`), so that millions of empty keys cannot hide from the
+/// limit.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 128;
 
 /// The snapshot format version (first field of every snapshot). Version 2 cuts the entries in
 /// parts (see `parts`); version 1 held them in one sequence.
@@ -96,7 +99,7 @@ impl Default for KvLimits {
 /// [`KvReply`]s, both postcard-encoded.
 #[derive(Clone, Debug, Default)]
 pub struct KvService {
-    map: BTreeMap<Key, Vec<u8>>,
+    map: Store,
     /// Derived from `map` (see [`KvLimits::state_bytes_max`]); not part of the snapshot.
     state_bytes: u64,
     limits: KvLimits,
@@ -305,10 +308,7 @@ impl KvService {
         let prefix = glob.literal_prefix();
         let matching = self
             .map
-            .range::<[u8], _>((
-                std::ops::Bound::Included(prefix.as_slice()),
-                std::ops::Bound::Unbounded,
-            ))
+            .from(std::ops::Bound::Included(prefix.as_slice()))
             .map(|(key, _)| key)
             .take_while(|key| key.starts_with(&prefix))
             .filter(|key| glob.matches(key))
@@ -340,20 +340,16 @@ impl KvService {
     fn store(&mut self, key: Vec<u8>, value: Vec<u8>, state_bytes: u64) {
         self.state_bytes = state_bytes;
         self.parts.touch(&key);
-        self.map.insert(key.into(), value);
+        self.map.insert(&key, value);
     }
 
     fn set(&mut self, key: Vec<u8>, value: Vec<u8>, condition: SetCondition, get: bool) -> KvReply {
         if let Err(e) = self.check_key(&key).and(self.check_value(value.len())) {
             return e;
         }
-        // One search of the map: the write goes through the entry it found.
-        let (limits, state_bytes) = (&self.limits, self.state_bytes);
-        let entry = self.map.entry(key.into());
-        let old = match &entry {
-            Entry::Occupied(e) => Some(e.get()),
-            Entry::Vacant(_) => None,
-        };
+        // One search of the index: the write goes to the slot it found.
+        let slot = self.map.slot(&key);
+        let old = slot.map(|slot| self.map.value(slot));
         let reply_if_done = match (get, old) {
             (false, _) => KvReply::Ok,
             (true, None) => KvReply::Nil,
@@ -368,26 +364,19 @@ impl KvService {
             // With GET, Redis still answers the old value when the condition fails.
             return if get { reply_if_done } else { KvReply::Nil };
         }
-        let removed = old.map_or(0, |old| entry_bytes(entry.key(), old));
-        let after = match state_after(
-            limits,
-            state_bytes,
-            removed,
-            entry_bytes(entry.key(), &value),
-        ) {
+        let removed = old.map_or(0, |old| entry_bytes(&key, old));
+        let after = match self.check_state(removed, entry_bytes(&key, &value)) {
             Ok(after) => after,
             Err(e) => return e,
         };
-        self.parts.touch(entry.key());
-        match entry {
-            Entry::Occupied(mut e) => {
-                e.insert(value);
+        match slot {
+            Some(slot) => {
+                self.state_bytes = after;
+                self.parts.touch(&key);
+                self.map.replace(slot, value);
             }
-            Entry::Vacant(e) => {
-                e.insert(value);
-            }
+            None => self.store(key, value, after),
         }
-        self.state_bytes = after;
         reply_if_done
     }
 
@@ -444,7 +433,7 @@ impl KvService {
         match self.map.get_mut(key.as_slice()) {
             Some(existing) => existing.extend_from_slice(&value),
             None => {
-                self.map.insert(key.into(), value);
+                self.map.insert(&key, value);
             }
         }
         KvReply::Int(new_len as i64)
@@ -475,7 +464,7 @@ impl KvService {
         };
         for (key, value) in pairs {
             self.parts.touch(&key);
-            self.map.insert(key.into(), value);
+            self.map.insert(&key, value);
         }
         self.state_bytes = after;
         KvReply::Ok
@@ -578,7 +567,7 @@ impl Service for KvService {
         // Sorted input: the map is built in one pass.
         self.map = entries
             .into_iter()
-            .map(|(k, v)| (k.into_vec().into(), v.into_vec()))
+            .map(|(k, v)| (k.into_vec(), v.into_vec()))
             .collect();
         self.state_bytes = state_bytes;
         self.parts.clear();

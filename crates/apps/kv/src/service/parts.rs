@@ -14,12 +14,11 @@
 //! it, the cost of a snapshot without parts); the minimum size bounds the number of parts, and
 //! so the size of a state-transfer manifest, for any choice of keys.
 
-use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Included, Unbounded};
 
 use bytes::Bytes;
 
-use super::Key;
+use super::{Key, Store};
 use crate::ops::varint_len;
 
 /// A part is cut only once it holds this many encoded bytes (then at the next boundary key).
@@ -137,7 +136,7 @@ impl PartCache {
 
     /// The parts of `map` in key order: kept ones as they are, the others encoded (and kept).
     /// Returns the parts and the bytes encoded.
-    pub(super) fn parts(&mut self, map: &BTreeMap<Key, Vec<u8>>) -> (Vec<Bytes>, usize) {
+    pub(super) fn parts(&mut self, map: &Store) -> (Vec<Bytes>, usize) {
         // Both vectors keep their room for the next snapshot.
         let mut written_keys = std::mem::take(&mut self.written);
         self.written_bytes = 0;
@@ -176,12 +175,10 @@ impl PartCache {
                 continue;
             }
             let next = match cursor {
-                None => map.keys().next(),
-                Some(c) => map
-                    .range::<[u8], _>((Excluded(c), Unbounded))
-                    .next()
-                    .map(|(k, _)| k),
-            };
+                None => map.from(Unbounded).next(),
+                Some(c) => map.from(Excluded(c)).next(),
+            }
+            .map(|(k, _)| k);
             let Some(first) = next else {
                 break;
             };
@@ -208,11 +205,11 @@ impl PartCache {
 
 /// The part of `map` that starts at `first`: postcard's encoding of a sequence of (key, value)
 /// byte-string pairs.
-fn encode_part(map: &BTreeMap<Key, Vec<u8>>, first: &[u8]) -> Part {
+fn encode_part(map: &Store, first: &[u8]) -> Part {
     let mut entries = Vec::new();
     let mut rule = Cut::default();
     let mut cut = false;
-    for (key, value) in map.range::<[u8], _>((Included(first), Unbounded)) {
+    for (key, value) in map.from(Included(first)) {
         entries.push((key, value));
         if rule.after(key, value) {
             cut = true;

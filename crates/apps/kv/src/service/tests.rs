@@ -252,7 +252,7 @@ fn keys_pattern_and_order() {
     assert_eq!(keys("hello"), keys_reply(&["hello"]));
     assert_eq!(keys("nothing*"), keys_reply(&[]));
     assert_eq!(keys("*").clone(), {
-        let mut all: Vec<_> = svc.map.keys().map(|k| Some(k.to_vec())).collect();
+        let mut all: Vec<_> = svc.map.iter().map(|(k, _)| Some(k.to_vec())).collect();
         all.sort();
         KvReply::Array(all)
     });
