@@ -5,7 +5,8 @@
 //! uniformly from the whole store (the worst case for parts: writes spread over every part).
 //!
 //! `kv_apply_524k_keys` times the writes themselves (one checkpoint interval of `SET`s into
-//! that store), which search a map of half a million keys.
+//! that store, all overwrites), `kv_fill_524k_keys` the store's growth from empty (all new
+//! keys).
 //!
 //! Run: `cargo bench -p shieldwall-kv --bench snapshot`.
 
@@ -152,5 +153,19 @@ fn apply(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, snapshot, apply);
+/// Filling the store from empty: 524,288 new keys, the inserts a `shieldwall bench` run of
+/// about ten seconds mostly does.
+fn fill(c: &mut Criterion) {
+    let mut group = c.benchmark_group("kv_fill_524k_keys");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.throughput(criterion::Throughput::Elements(STREAMS * KEYS_PER_STREAM));
+    group.bench_function("new_keys", |b| {
+        // The store is returned, so dropping it is not timed.
+        b.iter(full_store)
+    });
+    group.finish();
+}
+
+criterion_group!(benches, snapshot, apply, fill);
 criterion_main!(benches);
