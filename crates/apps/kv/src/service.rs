@@ -453,7 +453,7 @@ impl KvService {
         }
         let (mut removed, mut added) = (0u64, 0u64);
         for (key, value) in &last {
-            if let Some(old) = self.map.get(*key) {
+            if let Some(old) = self.map.get(key) {
                 removed += entry_bytes(key, old);
             }
             added += entry_bytes(key, value);
