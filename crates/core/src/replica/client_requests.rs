@@ -56,15 +56,22 @@ impl Replica {
             self.reject(Reject::PendingFull);
             return;
         }
-        let now = self.now_ms;
+        // Arrival times never go back, even if the clock does.
+        let now = self
+            .arrivals
+            .back()
+            .map_or(self.now_ms, |a| a.1.max(self.now_ms));
+        let arrival = self.next_arrival;
+        self.next_arrival += 1;
         self.pending.insert(
             key,
             Pending {
                 request: signed,
                 arrived_ms: now,
+                arrival,
             },
         );
-        self.arrivals.insert((now, key.0, key.1));
+        self.arrivals.push_back((arrival, now, key.0, key.1));
         *self.pending_per_client.entry(key.0).or_insert(0) += 1;
         if self.is_leader() {
             self.queue.push_back(key);
@@ -74,16 +81,46 @@ impl Replica {
 
     /// Forget a pending request (executed, or no longer executable).
     pub(crate) fn remove_pending(&mut self, key: (ClientId, u64)) {
-        if let Some(p) = self.pending.remove(&key) {
-            self.arrivals.remove(&(p.arrived_ms, key.0, key.1));
+        if self.pending.remove(&key).is_some() {
             if let Some(c) = self.pending_per_client.get_mut(&key.0) {
                 *c -= 1;
                 if *c == 0 {
                     self.pending_per_client.remove(&key.0);
                 }
             }
+            // Its entry in `arrivals` is now dead: drop the dead ones at the front, and compact
+            // when dead entries outnumber live ones (amortised constant time per request).
+            while let Some(&entry) = self.arrivals.front() {
+                if self.arrival_live(entry) {
+                    break;
+                }
+                self.arrivals.pop_front();
+            }
+            if self.arrivals.len() > 2 * self.pending.len() + 64 {
+                let pending = &self.pending;
+                self.arrivals
+                    .retain(|&(n, _, c, s)| pending.get(&(c, s)).is_some_and(|p| p.arrival == n));
+            }
         }
         self.proposed.remove(&key);
+    }
+
+    /// Whether an entry of `arrivals` stands for a request still pending.
+    fn arrival_live(&self, (n, _, c, s): (u64, u64, ClientId, u64)) -> bool {
+        self.pending.get(&(c, s)).is_some_and(|p| p.arrival == n)
+    }
+
+    /// The live entries of `arrivals` that arrived after `after` (all of them for `None`),
+    /// oldest first, as `(arrived_ms, client, req_seq)`.
+    fn arrivals_after(
+        &self,
+        after: Option<u64>,
+    ) -> impl Iterator<Item = (u64, ClientId, u64)> + '_ {
+        let start = after.map_or(0, |t| self.arrivals.partition_point(|a| a.1 <= t));
+        self.arrivals
+            .range(start..)
+            .filter(|&&a| self.arrival_live(a))
+            .map(|&(_, t, c, s)| (t, c, s))
     }
 
     /// Drop pending requests of `client` that can no longer execute (the client table's floor
@@ -107,7 +144,7 @@ impl Replica {
         if self.status != Status::Normal || !self.may_vote() {
             return None;
         }
-        let (arrived, _, _) = self.arrivals.first()?;
+        let (_, arrived, _, _) = self.arrivals.front()?;
         Some((*arrived).max(self.view_start_ms) + self.cfg.request_timeout_ms)
     }
 
@@ -117,22 +154,14 @@ impl Replica {
         (self.cfg.request_timeout_ms / 2).max(1)
     }
 
-    /// The first arrival key not relayed to this view's leader yet.
-    fn not_yet_forwarded(&self) -> (u64, ClientId, u64) {
-        match self.forwarded_until {
-            Some(t) => (t.saturating_add(1), 0, 0),
-            None => (0, 0, 0),
-        }
-    }
-
     /// When the oldest pending request not yet relayed to this view's leader is due to be
     /// relayed (followers in a normal view only).
     pub(crate) fn forward_deadline(&self) -> Option<u64> {
         if self.status != Status::Normal || !self.may_vote() || self.is_leader() {
             return None;
         }
-        let (arrived, _, _) = self.arrivals.range(self.not_yet_forwarded()..).next()?;
-        Some((*arrived).max(self.view_start_ms) + self.forward_after_ms())
+        let (arrived, _, _) = self.arrivals_after(self.forwarded_until).next()?;
+        Some(arrived.max(self.view_start_ms) + self.forward_after_ms())
     }
 
     /// PBFT 4.1: relay to the leader the requests it has not proposed within half the request
@@ -148,9 +177,9 @@ impl Replica {
         }
         let cutoff = self.now_ms - self.forward_after_ms();
         let due: Vec<(ClientId, u64)> = self
-            .arrivals
-            .range(self.not_yet_forwarded()..=(cutoff, u64::MAX, u64::MAX))
-            .map(|(_, c, s)| (*c, *s))
+            .arrivals_after(self.forwarded_until)
+            .take_while(|&(t, _, _)| t <= cutoff)
+            .map(|(_, c, s)| (c, s))
             .filter(|k| !self.proposed.contains(k))
             .collect();
         self.forwarded_until = Some(cutoff);

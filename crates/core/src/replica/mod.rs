@@ -12,7 +12,7 @@ mod view_change;
 pub use recovery::RecoverError;
 pub use view_change::compute_new_view;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
@@ -121,6 +121,9 @@ impl SettledVotes {
 pub(crate) struct Pending {
     pub(crate) request: SignedRequest,
     pub(crate) arrived_ms: u64,
+    /// Its number in arrival order: its entry in [`Replica::arrivals`] is the one with this
+    /// number (older entries for the same request are stale).
+    pub(crate) arrival: u64,
 }
 
 /// The batch handed to the service and not yet reported executed.
@@ -390,10 +393,18 @@ pub struct Replica {
     // Clients.
     pub(crate) clients: ClientTable,
     pub(crate) pending: BTreeMap<(ClientId, u64), Pending>,
-    pub(crate) arrivals: BTreeSet<(u64, ClientId, u64)>,
+    /// Pending requests in arrival order: `(arrival number, arrived_ms, client, req_seq)`,
+    /// times non-decreasing. Removal is lazy: an entry is live while the request is pending
+    /// with that arrival number; the front is always live (or the queue empty), and the queue
+    /// is compacted when dead entries outnumber live ones (see `remove_pending`).
+    pub(crate) arrivals: VecDeque<(u64, u64, ClientId, u64)>,
+    /// Number of the next arrival.
+    pub(crate) next_arrival: u64,
     pub(crate) pending_per_client: BTreeMap<ClientId, u32>,
     pub(crate) queue: VecDeque<(ClientId, u64)>,
-    pub(crate) proposed: BTreeSet<(ClientId, u64)>,
+    /// Pending requests this leader proposed in this view (only searched, never iterated: a
+    /// hash set with a fixed hasher).
+    pub(crate) proposed: HashSet<(ClientId, u64), foldhash::fast::FixedState>,
     /// Followers: pending requests that arrived at or before this time were relayed to the
     /// leader of the current view (`None`: none yet; reset on entering a view).
     pub(crate) forwarded_until: Option<u64>,
@@ -495,10 +506,11 @@ impl Replica {
             future: VecDeque::new(),
             clients: ClientTable::default(),
             pending: BTreeMap::new(),
-            arrivals: BTreeSet::new(),
+            arrivals: VecDeque::new(),
+            next_arrival: 0,
             pending_per_client: BTreeMap::new(),
             queue: VecDeque::new(),
-            proposed: BTreeSet::new(),
+            proposed: HashSet::default(),
             forwarded_until: None,
             stable: CheckpointCert {
                 seq: 0,

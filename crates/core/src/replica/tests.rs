@@ -1649,6 +1649,51 @@ fn view_change_at_the_end_of_sequence_numbers_is_rejected_without_overflow() {
 
 /// A client that sends its request to every replica but the leader: the followers relay it to
 /// the leader after half the request timeout (PBFT 4.1) instead of suspecting the leader.
+/// The arrival queue is cleaned lazily: the oldest pending request sets the deadlines, removals
+/// in any order keep the queue within twice the pending requests (plus a constant), and a clock
+/// that goes back does not reorder it.
+#[test]
+fn arrivals_follow_the_oldest_pending_request_and_stay_bounded() {
+    let cfg = config(4, FaultModel::Byzantine);
+    let (timeout, relay) = (cfg.request_timeout_ms, cfg.request_timeout_ms / 2);
+    let mut r = Replica::new(cfg, 1, auth(Principal::Replica(1))).unwrap();
+    let mut out = Vec::new();
+    for c in 0..1000u64 {
+        r.handle(c / 10, Event::Request(request(c, 1, b"x")), &mut out);
+    }
+    assert_eq!(r.pending_requests(), 1000);
+    assert_eq!(r.request_deadline(), Some(timeout));
+    assert_eq!(r.forward_deadline(), Some(relay));
+    // Remove all but the oldest, newest first (no entry leaves from the front).
+    for c in (1..1000u64).rev() {
+        r.remove_pending((c, 1));
+        assert!(
+            r.arrivals.len() <= 2 * r.pending_requests() + 65,
+            "{}",
+            r.arrivals.len()
+        );
+    }
+    assert_eq!(r.request_deadline(), Some(timeout));
+    r.remove_pending((0, 1));
+    assert!(r.arrivals.is_empty());
+    assert_eq!((r.request_deadline(), r.forward_deadline()), (None, None));
+    // Oldest first: the deadlines move to the next live request.
+    r.handle(500, Event::Request(request(1, 2, b"x")), &mut out);
+    r.handle(400, Event::Request(request(2, 2, b"x")), &mut out);
+    r.handle(600, Event::Request(request(3, 2, b"x")), &mut out);
+    assert_eq!(r.request_deadline(), Some(500 + timeout));
+    r.remove_pending((2, 2));
+    assert_eq!(
+        r.request_deadline(),
+        Some(500 + timeout),
+        "arrived at 400, counted from 500"
+    );
+    r.remove_pending((1, 2));
+    assert_eq!(r.request_deadline(), Some(600 + timeout));
+    assert_eq!(r.forward_deadline(), Some(600 + relay));
+    assert_eq!(r.arrivals.len(), 1);
+}
+
 #[test]
 fn a_request_that_skips_the_leader_is_relayed_not_a_view_change() {
     let mut c = Cluster::new(4, FaultModel::Byzantine);
