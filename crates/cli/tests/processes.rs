@@ -177,10 +177,22 @@ fn crash_cluster_of_3_serves_library_and_redis_clients() {
 
 #[test]
 fn killing_the_leader_mid_workload_loses_no_acknowledged_write() {
+    kill_the_leader_mid_workload(4, "byzantine");
+}
+
+/// In crash mode the client sends each ordered request to the leader only (ADR 019): once
+/// the leader is dead, only its retransmissions reach the others, and the workload must still
+/// complete.
+#[test]
+fn crash_mode_client_survives_the_death_of_the_leader_it_sends_to() {
+    kill_the_leader_mid_workload(3, "crash");
+}
+
+fn kill_the_leader_mid_workload(n: u32, model: &str) {
     let _serial = serial();
     let mut c = TestCluster::new(
-        4,
-        "byzantine",
+        n,
+        model,
         &["request_timeout_ms=1000", "view_change_timeout_ms=1000"],
     );
     c.start_all();
@@ -204,6 +216,20 @@ fn killing_the_leader_mid_workload_loses_no_acknowledged_write() {
     wait_for("a third of the writes", Duration::from_secs(60), || {
         acked.lock().unwrap().len() >= 120
     });
+    if model == "crash" {
+        // Followers got only the first requests (sent to every replica until a view was
+        // known) and retransmissions (at most one per writer per 500 ms).
+        let received = |i| c.metric(i, "shieldwall_requests_received_total", "");
+        let leader = received(0);
+        assert!(leader >= 120.0, "the leader received {leader} requests");
+        for i in 1..n {
+            let follower = received(i);
+            assert!(
+                follower <= leader / 2.0,
+                "follower {i} received {follower} requests, the leader {leader}"
+            );
+        }
+    }
     c.kill(0);
     let killed_at = Instant::now();
     for w in writers {
@@ -215,8 +241,9 @@ fn killing_the_leader_mid_workload_loses_no_acknowledged_write() {
     );
     let acked = acked.lock().unwrap().clone();
     assert_eq!(acked.len(), 360);
+    assert!(client.view() >= 1, "the client learned the new view");
     // A replica that took no part in the last quorums may enter the new view a moment later.
-    for i in 1..4 {
+    for i in 1..n {
         wait_for(
             &format!("replica {i} to move past the dead leader"),
             Duration::from_secs(30),

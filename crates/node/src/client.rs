@@ -11,7 +11,12 @@
 //! ```
 //!
 //! How it works. Every request is signed with the client key (Ed25519), or carries one MAC
-//! per replica ([`AuthMode::Mac`]), and is sent to every replica; replies are MACed with the key the client shares with each replica (X25519). An
+//! per replica ([`AuthMode::Mac`]). In Byzantine mode it is sent to every replica, so that
+//! followers watch the leader order what they hold. In crash mode, where a leader cannot
+//! censor, an ordered request goes to the leader of [`Client::view`] only (to every replica
+//! until a completed request has told the client a view), and reaches the others on its first
+//! retransmission (ADR 019); read-only requests always go to every replica. Replies are MACed
+//! with the key the client shares with each replica (X25519). An
 //! ordered request completes when a quorum of replicas (`Config::reply_quorum`) returns the
 //! same result; a read-only request when a read quorum does, and otherwise (conflicting
 //! answers, or no quorum within `read_timeout`) it is sent again as an ordered request.
@@ -33,7 +38,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use shieldwall_core::{Authenticator, Principal, ReplicaId, Request, RequestAuth, SignedRequest};
+use shieldwall_core::{
+    Authenticator, FaultModel, Principal, ReplicaId, Request, RequestAuth, SignedRequest,
+};
 use shieldwall_crypto::{client_id, KeyPair, NodeAuth, CLIENT_LANES};
 use shieldwall_wire::{decode_reply, Frame, Role};
 use tokio::sync::{oneshot, Notify};
@@ -185,6 +192,10 @@ struct Inner {
     connected: Vec<AtomicBool>,
     last_error: Mutex<Vec<Option<String>>>,
     view: AtomicU64,
+    /// Crash mode: a first send of an ordered request goes to the leader only (ADR 019).
+    leader_first: bool,
+    /// Whether a completed request reported a view (before that, `view` is only a guess).
+    view_known: AtomicBool,
 }
 
 /// A connection to a cluster. Cheap to share (`Clone`); dropping the last handle closes it.
@@ -268,6 +279,8 @@ impl Client {
             connected: (0..n).map(|_| AtomicBool::new(false)).collect(),
             last_error: Mutex::new(vec![None; n]),
             view: AtomicU64::new(0),
+            leader_first: p.fault_model == FaultModel::Crash,
+            view_known: AtomicBool::new(false),
         });
         let mut tasks = Vec::with_capacity(n + 1);
         for (i, rx) in receivers.into_iter().enumerate() {
@@ -394,8 +407,15 @@ impl Client {
         }
         // A lone request is written by this task itself (no wake-up of the link tasks on its
         // way out); with others outstanding, the link tasks coalesce them into fewer writes.
-        for link in &inner.links {
-            link.send(frame.clone(), alone);
+        match inner.first_destination(read_only) {
+            Some(leader) => {
+                inner.links[leader].send(frame, alone);
+            }
+            None => {
+                for link in &inner.links {
+                    link.send(frame.clone(), alone);
+                }
+            }
         }
         let result = tokio::time::timeout_at(deadline, rx).await;
         match result {
@@ -470,6 +490,13 @@ impl Inner {
         Frame::Request(SignedRequest { request, auth }).encode()
     }
 
+    /// Where a request goes first: `Some(leader)` for an ordered request in crash mode once
+    /// a view is known, else `None` (every replica).
+    fn first_destination(&self, read_only: bool) -> Option<usize> {
+        (self.leader_first && !read_only && self.view_known.load(Ordering::Relaxed))
+            .then(|| (self.view.load(Ordering::Relaxed) % self.n as u64) as usize)
+    }
+
     /// A verified reply from `replica`.
     fn on_reply(&self, replica: ReplicaId, reply: shieldwall_core::Reply) {
         let mut resend = None;
@@ -502,6 +529,7 @@ impl Inner {
                 views.sort_unstable_by(|a, b| b.cmp(a));
                 if let Some(v) = views.get(self.f) {
                     self.view.fetch_max(*v, Ordering::Relaxed);
+                    self.view_known.store(true, Ordering::Relaxed);
                 }
                 if let Some(done) = o.done.take() {
                     let _ = done.send(reply.result);
