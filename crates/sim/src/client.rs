@@ -59,6 +59,9 @@ pub struct ClientParams {
     pub reply_quorum: usize,
     /// Matching replies for a read-only request.
     pub read_quorum: usize,
+    /// Crash mode (ADR 019): once a completed request told the client a view, a correct client
+    /// sends a new ordered request to that view's leader only; retransmissions go to everyone.
+    pub leader_first: bool,
 }
 
 /// What a client asks the world to do.
@@ -102,6 +105,8 @@ pub struct Client {
     history: Vec<OpRecord>,
     /// The highest view replies reported (a skip-leader client avoids its leader).
     believed_view: u64,
+    /// Whether a request completed, so that `believed_view` came from replies.
+    view_known: bool,
     /// Replies that did not decode or did not match.
     pub bad_replies: u64,
     /// The first of the f replicas whose MAC entries a bad-auth client corrupts.
@@ -139,6 +144,7 @@ impl Client {
             outstanding: BTreeMap::new(),
             history: Vec::new(),
             believed_view: 0,
+            view_known: false,
             bad_replies: 0,
         }
     }
@@ -235,7 +241,19 @@ impl Client {
         };
         let signed = self.sign(request.clone());
         let bytes = encode(&signed);
-        self.send_all(&bytes, Some(&request), out);
+        if self.kind == ClientKind::Correct
+            && self.params.leader_first
+            && self.view_known
+            && !read_only
+        {
+            out.push(ClientOut::Send {
+                to: (self.believed_view % u64::from(self.params.n)) as ReplicaId,
+                bytes: bytes.clone(),
+                submitted: Some(request),
+            });
+        } else {
+            self.send_all(&bytes, Some(&request), out);
+        }
         let wait = if read_only {
             self.params.read_timeout_ms
         } else {
@@ -489,6 +507,7 @@ impl Client {
         let Some(o) = self.outstanding.remove(&reply.req_seq) else {
             return;
         };
+        self.view_known = true;
         self.history.push(OpRecord {
             client: self.id,
             req_seq: reply.req_seq,

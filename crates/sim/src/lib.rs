@@ -130,6 +130,8 @@ pub struct RunReport {
     pub sim_time_ms: u64,
     /// Messages, requests or replies that did not decode.
     pub decode_errors: u64,
+    /// Requests clients sent, counting each destination replica once.
+    pub client_requests_sent: u64,
     /// Inputs correct replicas rejected, by reason.
     pub rejected: BTreeMap<String, u64>,
     /// Safety or liveness violations; empty when the run passed.

@@ -179,6 +179,7 @@ pub(crate) struct World {
     clean: bool,
     steps: u64,
     decode_errors: u64,
+    client_requests_sent: u64,
     rejected: BTreeMap<&'static str, u64>,
 }
 
@@ -328,6 +329,7 @@ impl World {
             macs: params.request_macs,
             reply_quorum: cfg.reply_quorum(),
             read_quorum: cfg.read_quorum(),
+            leader_first: cfg.fault_model == shieldwall_core::FaultModel::Crash,
         };
         let clients = plan
             .clients
@@ -357,6 +359,7 @@ impl World {
             clean: false,
             steps: 0,
             decode_errors: 0,
+            client_requests_sent: 0,
             rejected: BTreeMap::new(),
         };
         if params.trace {
@@ -866,6 +869,7 @@ impl World {
                     if let Some(req) = submitted {
                         self.checker.submitted(&req);
                     }
+                    self.client_requests_sent += 1;
                     self.transmit(to, None, Payload::Request { to, bytes });
                 }
                 ClientOut::Wake(at) => {
@@ -1073,6 +1077,7 @@ impl World {
             completed_ops: history.len() as u64,
             sim_time_ms: self.now_ms,
             decode_errors: self.decode_errors,
+            client_requests_sent: self.client_requests_sent,
             rejected: rejected
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
