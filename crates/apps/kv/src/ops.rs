@@ -245,7 +245,10 @@ pub enum DecodeError {
 /// Canonical postcard encoding. Serialising these plain types cannot fail; the empty vector
 /// fallback only exists to avoid a panic path.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    postcard::to_allocvec(value).unwrap_or_default()
+    // Sized first, so the bytes are written into one allocation of the right size rather than
+    // a vector that doubles its way up (a client encodes every operation it sends).
+    let size = postcard::experimental::serialized_size(value).unwrap_or(0);
+    postcard::to_extend(value, Vec::with_capacity(size)).unwrap_or_default()
 }
 
 /// Strict postcard decoding: no bytes may follow the value.
@@ -409,7 +412,11 @@ mod tests {
     proptest! {
         #[test]
         fn op_round_trips(op in arb_op()) {
-            prop_assert_eq!(KvOp::decode(&op.encode()), Ok(op));
+            // Exactly postcard's bytes, in a vector of exactly their size.
+            let bytes = op.encode();
+            prop_assert_eq!(&bytes, &postcard::to_allocvec(&op).unwrap());
+            prop_assert_eq!(bytes.capacity(), bytes.len());
+            prop_assert_eq!(KvOp::decode(&bytes), Ok(op));
         }
 
         #[test]

@@ -143,6 +143,25 @@ impl OpGen {
         }
     }
 
+    /// The key of `slot`: the stream's prefix and the slot number.
+    fn key(&self, slot: u64) -> Vec<u8> {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut rest = slot;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let mut key = Vec::with_capacity(self.prefix.len() + digits.len() - at);
+        key.extend_from_slice(self.prefix.as_bytes());
+        key.extend_from_slice(&digits[at..]);
+        key
+    }
+
     /// The next operation (encoded) and whether it is a read.
     pub fn next_op(&mut self) -> (Vec<u8>, bool) {
         let read = self.read_ratio > 0.0 && self.rng.gen_bool(self.read_ratio.min(1.0));
@@ -152,8 +171,13 @@ impl OpGen {
             } else {
                 self.rng.gen_range(0..self.written)
             };
-            let key = format!("{}{slot}", self.prefix).into_bytes();
-            (KvOp::Get { key }.encode(), true)
+            (
+                KvOp::Get {
+                    key: self.key(slot),
+                }
+                .encode(),
+                true,
+            )
         } else {
             let slot = self.next % KEYS_PER_STREAM;
             self.next += 1;
@@ -163,7 +187,7 @@ impl OpGen {
             let n = stamp.len().min(self.value.len());
             self.value[..n].copy_from_slice(&stamp[..n]);
             let op = KvOp::Set {
-                key: format!("{}{slot}", self.prefix).into_bytes(),
+                key: self.key(slot),
                 value: self.value.clone(),
                 condition: SetCondition::Always,
                 get: false,
@@ -387,6 +411,14 @@ mod tests {
         assert_eq!(reads + writes, 4000);
         let mut only_writes = OpGen::new(&workload(0.0), 0, 0);
         assert!((0..100).all(|_| !only_writes.next_op().1));
+    }
+
+    #[test]
+    fn keys_are_the_prefix_and_the_slot_in_decimal() {
+        let gen = OpGen::new(&workload(0.0), 3, 1);
+        for slot in [0, 7, 10, 99, 1023, 123_456_789, u64::MAX] {
+            assert_eq!(gen.key(slot), format!("bench:3:1:{slot}").into_bytes());
+        }
     }
 
     #[test]
