@@ -7,7 +7,6 @@ import sys
 from collections import Counter
 
 
-
 def clean(frame):
     # "    7f12 func_name+0x1f (/path/binary)" -> "func_name"
     parts = frame.strip().split(None, 1)

@@ -2,8 +2,8 @@
 # Profile the replicas of a `shieldwall bench` run: starts the bench with BENCH_ARGS, waits
 # DELAY seconds (past warm-up), records every replica process (`<binary> node ...`) with
 # `perf record --call-graph dwarf` for SECONDS seconds, and the bench process itself (the
-# clients), then prints each process's top
-# functions by self and by inclusive samples (bench/perf_top.py).
+# clients), then prints each process's top functions by self and by inclusive samples
+# (bench/perf_top.py).
 # Usage: bench/profile.sh BINARY DELAY SECONDS -- BENCH_ARGS...
 # Example:
 #   cp target/release/shieldwall /tmp/sw
@@ -13,7 +13,7 @@
 # /var/tmp): perf.<pid>.data and the reports. Needs perf and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 4 ] && [ "$4" = "--" ] || { sed -n 2,12p "$0" >&2; exit 2; }
+[ $# -ge 4 ] && [ "$4" = "--" ] || { sed -n 2,13p "$0" >&2; exit 2; }
 BIN=$1 DELAY=$2 SECONDS_=$3
 shift 4
 . bench/lib.sh

@@ -145,20 +145,11 @@ impl OpGen {
 
     /// The key of `slot`: the stream's prefix and the slot number.
     fn key(&self, slot: u64) -> Vec<u8> {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut rest = slot;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        let mut key = Vec::with_capacity(self.prefix.len() + digits.len() - at);
+        use std::io::Write as _;
+        let mut key = Vec::with_capacity(self.prefix.len() + 20);
         key.extend_from_slice(self.prefix.as_bytes());
-        key.extend_from_slice(&digits[at..]);
+        // Writing into a vector cannot fail.
+        let _ = write!(key, "{slot}");
         key
     }
 

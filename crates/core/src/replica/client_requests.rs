@@ -1,6 +1,8 @@
 //! Client requests: admission with bounds, exactly-once filtering, cached replies, read-only
 //! requests, and the timer that suspects a leader which does not order what we hold.
 
+use std::collections::BTreeMap;
+
 use super::{Pending, Replica, Status};
 use crate::client_table::Lookup;
 use crate::message::{Forward, Message, Reply, Signable, Signed, SignedRequest};
@@ -90,24 +92,19 @@ impl Replica {
             }
             // Its entry in `arrivals` is now dead: drop the dead ones at the front, and compact
             // when dead entries outnumber live ones (amortised constant time per request).
-            while let Some(&entry) = self.arrivals.front() {
-                if self.arrival_live(entry) {
-                    break;
-                }
+            let pending = &self.pending;
+            while self
+                .arrivals
+                .front()
+                .is_some_and(|&entry| !arrival_live(pending, entry))
+            {
                 self.arrivals.pop_front();
             }
-            if self.arrivals.len() > 2 * self.pending.len() + 64 {
-                let pending = &self.pending;
-                self.arrivals
-                    .retain(|&(n, _, c, s)| pending.get(&(c, s)).is_some_and(|p| p.arrival == n));
+            if self.arrivals.len() > 2 * pending.len() + 64 {
+                self.arrivals.retain(|&entry| arrival_live(pending, entry));
             }
         }
         self.proposed.remove(&key);
-    }
-
-    /// Whether an entry of `arrivals` stands for a request still pending.
-    fn arrival_live(&self, (n, _, c, s): (u64, u64, ClientId, u64)) -> bool {
-        self.pending.get(&(c, s)).is_some_and(|p| p.arrival == n)
     }
 
     /// The live entries of `arrivals` that arrived after `after` (all of them for `None`),
@@ -119,7 +116,7 @@ impl Replica {
         let start = after.map_or(0, |t| self.arrivals.partition_point(|a| a.1 <= t));
         self.arrivals
             .range(start..)
-            .filter(|&&a| self.arrival_live(a))
+            .filter(|&&a| arrival_live(&self.pending, a))
             .map(|&(_, t, c, s)| (t, c, s))
     }
 
@@ -242,4 +239,12 @@ impl Replica {
             }
         }
     }
+}
+
+/// Whether an entry of [`Replica::arrivals`] stands for a request still pending.
+fn arrival_live(
+    pending: &BTreeMap<(ClientId, u64), Pending>,
+    (n, _, c, s): (u64, u64, ClientId, u64),
+) -> bool {
+    pending.get(&(c, s)).is_some_and(|p| p.arrival == n)
 }
