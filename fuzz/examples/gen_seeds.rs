@@ -47,7 +47,7 @@ fn pre_prepare(view: u64, seq: u64, batch: Vec<SignedRequest>) -> PrePrepare {
         view,
         seq,
         batch_digest: batch_digest(&batch),
-        batch,
+        batch: batch.into(),
     }
 }
 

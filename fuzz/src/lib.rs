@@ -137,7 +137,7 @@ fn sign_replica(from: ReplicaId, bytes: &[u8]) -> Vec<u8> {
 
 fn repair_batch(pp: &mut PrePrepare, how: Repair) {
     if how.sign {
-        for r in &mut pp.batch {
+        for r in std::sync::Arc::make_mut(&mut pp.batch) {
             r.auth = RequestAuth::Signature(
                 sim_sign(
                     Principal::Client(r.request.client),

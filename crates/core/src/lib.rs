@@ -29,9 +29,9 @@ mod replica;
 pub use auth::{Authenticator, Ed25519Auth, SimAuth, VerifyItem};
 pub use config::{Config, ConfigError, Durability, FaultModel};
 pub use message::{
-    Authenticated, Checkpoint, CheckpointCert, CommittedBatch, CommittedDigest, Fetch, FetchReply,
-    Forward, Message, NewView, PieceInfo, PrePrepare, PreparedCert, Record, Reply, Request,
-    RequestAuth, Signed, SignedRequest, StateSnapshot, ViewChange, Vote, MAC_BYTES,
+    Authenticated, Batch, Checkpoint, CheckpointCert, CommittedBatch, CommittedDigest, Execution,
+    Fetch, FetchReply, Forward, Message, NewView, PieceInfo, PrePrepare, PreparedCert, Record,
+    Reply, Request, RequestAuth, Signed, SignedRequest, StateSnapshot, ViewChange, Vote, MAC_BYTES,
 };
 pub use replica::{compute_new_view, RecoverError, Replica, SettledVotes, Stats, Status};
 pub use types::{ClientId, Digest, Principal, ReplicaId, Seq, View};
@@ -99,7 +99,7 @@ pub enum Action {
         /// of the agreeing peers reported; informational, it does not decide what executes).
         view: View,
         /// Requests to run, in order.
-        requests: Vec<Request>,
+        requests: crate::message::Execution,
         /// Whether to return a snapshot (checkpoint sequence numbers).
         snapshot: bool,
     },

@@ -152,8 +152,47 @@ pub struct PrePrepare {
     pub seq: Seq,
     /// [`batch_digest`] of `batch`.
     pub batch_digest: Digest,
-    /// The requests, in execution order.
-    pub batch: Vec<SignedRequest>,
+    /// The requests, in execution order. Shared: a replica holds one proposal as its
+    /// pre-prepare, its prepared certificate and its committed batch, and clones of it cost a
+    /// reference count, not a copy of every request (encoded as the plain sequence).
+    pub batch: Batch,
+}
+
+/// The requests of a proposal, shared between the places that hold it ([`PrePrepare::batch`]).
+/// `Arc::make_mut` gives a private copy to change (tests, fault injection).
+pub type Batch = std::sync::Arc<Vec<SignedRequest>>;
+
+/// The requests of a committed batch that execute ([`crate::Action::Execute`]): the batch as
+/// the engine holds it, shared rather than copied, and the positions of the requests that are
+/// new to the client table, in batch order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Execution {
+    batch: Batch,
+    run: Vec<u32>,
+}
+
+impl Execution {
+    /// The requests of `batch` at positions `run` (each below the batch's length, increasing).
+    pub(crate) fn new(batch: Batch, run: Vec<u32>) -> Execution {
+        debug_assert!(run.windows(2).all(|w| w[0] < w[1]));
+        debug_assert!(run.last().is_none_or(|&i| (i as usize) < batch.len()));
+        Execution { batch, run }
+    }
+
+    /// The requests to run, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Request> + '_ {
+        self.run.iter().map(|&i| &self.batch[i as usize].request)
+    }
+
+    /// How many requests run.
+    pub fn len(&self) -> usize {
+        self.run.len()
+    }
+
+    /// Whether none does (every request of the batch executed before, or an empty batch).
+    pub fn is_empty(&self) -> bool {
+        self.run.is_empty()
+    }
 }
 
 /// A vote for `(view, seq, batch_digest)`: PREPARE (Byzantine mode) or COMMIT.
@@ -982,7 +1021,7 @@ mod tests {
                         view,
                         seq,
                         batch_digest: batch_digest(&batch),
-                        batch
+                        batch: batch.into()
                     },
                     sig: vec![1; 64],
                 })),
@@ -1025,7 +1064,7 @@ mod tests {
                                     view,
                                     seq: 1,
                                     batch_digest: Digest::default(),
-                                    batch: vec![]
+                                    batch: Default::default()
                                 },
                                 sig: vec![],
                             },

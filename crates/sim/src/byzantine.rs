@@ -210,7 +210,7 @@ impl Byzantine {
                 if let Message::PrePrepare(pp) = &mut m {
                     let forged = self.forged_request();
                     let at = self.rng.gen_range(0..=pp.body.batch.len());
-                    pp.body.batch.insert(at, forged);
+                    Arc::make_mut(&mut pp.body.batch).insert(at, forged);
                     pp.body.batch_digest = batch_digest(&pp.body.batch);
                     self.resign(&mut m);
                 }
@@ -227,7 +227,7 @@ impl Byzantine {
                     }
                     Message::NewView(nv) if self.rng.gen_bool(0.7) => {
                         if let Some(pp) = nv.body.pre_prepares.last_mut() {
-                            pp.body.batch.clear();
+                            pp.body.batch = Default::default();
                             pp.body.batch_digest = batch_digest(&[]);
                             pp.sig = self.auth.sign(&pp.body.signing_bytes());
                         } else {
@@ -281,7 +281,7 @@ impl Byzantine {
                         let forge = self.rng.gen_bool(0.5);
                         let forged = self.forged_request();
                         if let Some(b) = r.body.batches.last_mut() {
-                            let batch = &mut b.pre_prepare.batch;
+                            let batch = Arc::make_mut(&mut b.pre_prepare.batch);
                             if forge || batch.is_empty() {
                                 batch.insert(0, forged.clone());
                             } else {
@@ -325,10 +325,11 @@ impl Byzantine {
                 let mut m = message.clone();
                 if let Message::PrePrepare(pp) = &mut m {
                     if to % 2 == 1 && !pp.body.batch.is_empty() {
-                        if pp.body.batch.len() >= 2 {
-                            pp.body.batch.reverse();
+                        let batch = Arc::make_mut(&mut pp.body.batch);
+                        if batch.len() >= 2 {
+                            batch.reverse();
                         } else {
-                            pp.body.batch.clear();
+                            batch.clear();
                         }
                         pp.body.batch_digest = batch_digest(&pp.body.batch);
                         self.resign(&mut m);

@@ -612,7 +612,7 @@ impl World {
         &mut self,
         r: ReplicaId,
         seq: u64,
-        requests: &[Request],
+        requests: &shieldwall_core::Execution,
         snapshot: bool,
     ) -> Vec<Action> {
         let now = self.now_ms;
@@ -627,7 +627,7 @@ impl World {
             eprintln!("{now:>6} r{r} EXECUTE seq {seq} [{}]", reqs.join(","));
         }
         if node.honest {
-            let mut seen: Vec<Request> = requests.to_vec();
+            let mut seen: Vec<Request> = requests.iter().cloned().collect();
             if inject == Some(Injection::DivergentExecution { replica: r }) && !seen.is_empty() {
                 seen.pop();
             }

@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
                 view: 0,
                 seq: 1,
                 batch_digest: batch_digest(&batch),
-                batch,
+                batch: batch.into(),
             },
             sig: vec![3; 64],
         }));

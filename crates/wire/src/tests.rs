@@ -81,7 +81,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                         view: 0,
                         seq,
                         batch_digest: shieldwall_core::message::batch_digest(&batch),
-                        batch,
+                        batch: batch.into(),
                     },
                     sig: vec![1; 64],
                 }))

@@ -50,7 +50,7 @@ pub fn messages(batch_size: usize) -> Vec<Vec<Event>> {
                 view: 0,
                 seq,
                 batch_digest: batch_digest(&batch),
-                batch,
+                batch: batch.into(),
             };
             let vote = Vote {
                 view: 0,

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use super::{InFlight, Replica, Slot, Status};
 use crate::config::FaultModel;
 use crate::message::{
-    batch_digest, commit_mac_bytes, vote_signing_bytes, Authenticated, CommittedBatch, Message,
-    Phase, PrePrepare, PreparedCert, Record, Reply, Signable, Signed, Vote,
+    batch_digest, commit_mac_bytes, vote_signing_bytes, Authenticated, CommittedBatch, Execution,
+    Message, Phase, PrePrepare, PreparedCert, Record, Reply, Signable, Signed, Vote,
 };
 use crate::types::{ReplicaId, Seq, View};
 use crate::verify::Reject;
@@ -127,7 +127,7 @@ impl Replica {
                 view: self.view,
                 seq,
                 batch_digest: batch_digest(&batch),
-                batch,
+                batch: batch.into(),
             };
             self.propose(body);
         }
@@ -189,7 +189,7 @@ impl Replica {
             batch_digest: pp.body.batch_digest,
         };
         let leader = pp.from;
-        for r in &pp.body.batch {
+        for r in pp.body.batch.iter() {
             // Every replica tracks what is proposed so it does not time out on it twice and
             // a future leader does not re-propose it in the same view.
             self.proposed.insert((r.request.client, r.request.req_seq));
@@ -391,13 +391,15 @@ impl Replica {
             return;
         };
         let view = committed.pre_prepare.view;
-        let mut keys = Vec::with_capacity(committed.pre_prepare.batch.len());
-        let mut requests = Vec::with_capacity(committed.pre_prepare.batch.len());
-        for r in &committed.pre_prepare.batch {
+        let batch = &committed.pre_prepare.batch;
+        let mut keys = Vec::with_capacity(batch.len());
+        let mut run = Vec::with_capacity(batch.len());
+        for (i, r) in batch.iter().enumerate() {
             let key = (r.request.client, r.request.req_seq);
             if self.clients.is_new(key.0, key.1) {
                 keys.push(key);
-                requests.push(r.request.clone());
+                // Fits: a batch arrives in one frame, far below 2^32 requests.
+                run.push(i as u32);
             }
         }
         // A checked batch never holds a request twice (`verify::check_requests`), but nothing
@@ -407,12 +409,13 @@ impl Replica {
         sorted.sort_unstable();
         if sorted.windows(2).any(|w| w[0] == w[1]) {
             let mut seen = std::collections::HashSet::with_capacity(keys.len());
-            (keys, requests) = keys
+            (keys, run) = keys
                 .into_iter()
-                .zip(requests)
+                .zip(run)
                 .filter(|(k, _)| seen.insert(*k))
                 .unzip();
         }
+        let requests = Execution::new(batch.clone(), run);
         let snapshot = seq.is_multiple_of(self.cfg.checkpoint_interval);
         self.in_flight = Some(InFlight {
             seq,

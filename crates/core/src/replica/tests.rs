@@ -51,11 +51,16 @@ fn request(client: u64, req_seq: u64, op: &[u8]) -> SignedRequest {
 
 /// A pre-prepare for (view 0, seq 1) signed by its leader, replica 0.
 fn leader_pre_prepare(batch: Vec<SignedRequest>) -> Signed<PrePrepare> {
+    leader_pre_prepare_at(1, batch)
+}
+
+/// A pre-prepare for (view 0, `seq`) signed by its leader, replica 0.
+fn leader_pre_prepare_at(seq: u64, batch: Vec<SignedRequest>) -> Signed<PrePrepare> {
     let body = PrePrepare {
         view: 0,
-        seq: 1,
+        seq,
         batch_digest: batch_digest(&batch),
-        batch,
+        batch: batch.into(),
     };
     let sig = SimAuth::new(Principal::Replica(0), SEED).sign(&body.signing_bytes());
     Signed { from: 0, body, sig }
@@ -504,6 +509,21 @@ fn settled_votes_follow_prepared_and_committed_slots_and_change_nothing() {
     assert!(!settled.covers(&prepare(3)));
 }
 
+/// Replica 1 of four (Byzantine) accepts `pp` from the leader and sees it prepared by replica 2
+/// and committed by replicas 2 and 3: with its own votes, a quorum of each.
+fn commit_at_replica_1(r: &mut Replica, pp: Signed<PrePrepare>, out: &mut Vec<Action>) {
+    let vote = vote_for(&pp);
+    r.handle(0, Event::Message(Message::PrePrepare(pp)), out);
+    r.handle(
+        0,
+        Event::Message(Message::Prepare(signed_vote(2, Phase::Prepare, vote))),
+        out,
+    );
+    for from in [2, 3] {
+        r.handle(0, Event::Message(mac_commit(from, vote)), out);
+    }
+}
+
 #[test]
 fn a_request_twice_in_a_batch_executes_once() {
     // The engine is handed the batch directly, as if verification had let it through.
@@ -514,17 +534,8 @@ fn a_request_twice_in_a_batch_executes_once() {
         request(2, 1, b"y"),
         request(1, 1, b"x"),
     ]);
-    let vote = vote_for(&pp);
     let mut out = Vec::new();
-    r.handle(0, Event::Message(Message::PrePrepare(pp)), &mut out);
-    r.handle(
-        0,
-        Event::Message(Message::Prepare(signed_vote(2, Phase::Prepare, vote))),
-        &mut out,
-    );
-    for from in [2, 3] {
-        r.handle(0, Event::Message(mac_commit(from, vote)), &mut out);
-    }
+    commit_at_replica_1(&mut r, pp, &mut out);
     let executed: Vec<(u64, u64)> = out
         .iter()
         .find_map(|a| match a {
@@ -535,6 +546,60 @@ fn a_request_twice_in_a_batch_executes_once() {
         })
         .expect("the batch executes");
     assert_eq!(executed, [(1, 1), (2, 1)]);
+}
+
+/// What a batch executes is picked out of the shared batch by position: a request an earlier
+/// batch executed is skipped, and the ones after it still run, each with its own operation.
+#[test]
+fn a_batch_runs_exactly_its_requests_new_to_the_client_table() {
+    let cfg = config(4, FaultModel::Byzantine);
+    let mut r = Replica::new(cfg, 1, auth(Principal::Replica(1))).unwrap();
+    let batches = [
+        vec![request(1, 1, b"a"), request(2, 1, b"b")],
+        vec![
+            request(1, 1, b"a"),
+            request(3, 1, b"c"),
+            request(2, 1, b"b"),
+            request(2, 2, b"d"),
+        ],
+    ];
+    let mut out = Vec::new();
+    let mut ran = Vec::new();
+    for (seq, batch) in (1u64..).zip(batches) {
+        commit_at_replica_1(&mut r, leader_pre_prepare_at(seq, batch), &mut out);
+        let (count, ops): (usize, Vec<(u64, u64, Vec<u8>)>) = out
+            .drain(..)
+            .find_map(|a| match a {
+                Action::Execute { requests, .. } => Some((
+                    requests.len(),
+                    requests
+                        .iter()
+                        .map(|q| (q.client, q.req_seq, q.op.to_vec()))
+                        .collect(),
+                )),
+                _ => None,
+            })
+            .expect("the batch executes");
+        assert_eq!(count, ops.len());
+        let results = vec![Vec::new(); count];
+        r.handle(
+            0,
+            Event::Executed {
+                seq,
+                results,
+                snapshot: None,
+            },
+            &mut out,
+        );
+        ran.push(ops);
+    }
+    assert_eq!(
+        ran,
+        [
+            vec![(1, 1, b"a".to_vec()), (2, 1, b"b".to_vec())],
+            vec![(3, 1, b"c".to_vec()), (2, 2, b"d".to_vec())],
+        ]
+    );
 }
 
 #[test]
@@ -1205,7 +1270,9 @@ fn crash_mode_trusts_replica_signatures_but_checks_structure() {
     let Message::PrePrepare(mut tampered) = pp else {
         unreachable!()
     };
-    tampered.body.batch[0].request.op = Bytes::from_static(b"y");
+    std::sync::Arc::make_mut(&mut tampered.body.batch)[0]
+        .request
+        .op = Bytes::from_static(b"y");
     assert_eq!(
         verify_message(&cfg, a.as_ref(), &Message::PrePrepare(tampered))
             .unwrap_err()
@@ -1467,23 +1534,8 @@ fn lagging_execution_does_not_trigger_state_transfer() {
     let mut out = Vec::new();
     let mut executes = Vec::new();
     for seq in 1..=4u64 {
-        let batch = vec![request(9, seq, b"op")];
-        let body = PrePrepare {
-            view: 0,
-            seq,
-            batch_digest: batch_digest(&batch),
-            batch,
-        };
-        let vote = Vote {
-            view: 0,
-            seq,
-            batch_digest: body.batch_digest,
-        };
-        let pp = Signed {
-            from: 0,
-            sig: sign(0, &body.signing_bytes()),
-            body,
-        };
+        let pp = leader_pre_prepare_at(seq, vec![request(9, seq, b"op")]);
+        let vote = vote_for(&pp);
         r.handle(0, Event::Message(Message::PrePrepare(pp)), &mut out);
         for from in [2, 3] {
             let sig = sign(from, &vote_signing_bytes(Phase::Prepare, &vote));
@@ -1619,7 +1671,7 @@ fn view_change_at_the_end_of_sequence_numbers_is_rejected_without_overflow() {
         view: 0,
         seq: u64::MAX,
         batch_digest: batch_digest(&[]),
-        batch: vec![],
+        batch: Default::default(),
     };
     let body = ViewChange {
         new_view: 1,
@@ -2140,7 +2192,7 @@ fn a_fetch_reply_stays_within_half_a_message() {
                 view: 0,
                 seq,
                 batch_digest: crate::types::Digest([0; 32]),
-                batch: vec![big.clone()],
+                batch: vec![big.clone()].into(),
             },
         });
     }

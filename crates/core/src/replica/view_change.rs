@@ -67,7 +67,7 @@ pub fn compute_new_view(
                 view,
                 seq,
                 batch_digest: batch_digest(&[]),
-                batch: Vec::new(),
+                batch: Default::default(),
             },
         })
         .collect();

@@ -1013,7 +1013,7 @@ mod tests {
             view: 0,
             seq: 1,
             batch_digest: batch_digest(std::slice::from_ref(&bad_request)),
-            batch: vec![bad_request.clone()],
+            batch: vec![bad_request.clone()].into(),
         };
         let pre_prepare = Message::PrePrepare(Signed {
             from: 0,
@@ -1141,7 +1141,7 @@ mod tests {
             view: 0,
             seq: 1,
             batch_digest: Digest([9; 32]),
-            batch: vec![request(1, &f.client)],
+            batch: vec![request(1, &f.client)].into(),
         };
         let pre_prepare = Message::PrePrepare(Signed {
             from: 0,

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender};
-use shieldwall_core::{Action, ClientId, Event, Replica, Reply, Request, SettledVotes, Status};
+use shieldwall_core::{
+    Action, ClientId, Event, Execution, Replica, Reply, Request, SettledVotes, Status,
+};
 use shieldwall_wire::Frame;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info};
@@ -41,7 +43,7 @@ pub(crate) enum CoreInput {
 pub(crate) enum ExecJob {
     Execute {
         seq: u64,
-        requests: Vec<Request>,
+        requests: Execution,
         snapshot: bool,
     },
     Restore {
@@ -77,7 +79,7 @@ impl SharedService {
 }
 
 /// Execute an ordered batch: the engine's `Executed` event.
-fn execute(service: &mut dyn Service, seq: u64, requests: &[Request], snapshot: bool) -> Event {
+fn execute(service: &mut dyn Service, seq: u64, requests: &Execution, snapshot: bool) -> Event {
     let results = requests
         .iter()
         .map(|r| service.execute(r.client, &r.op))

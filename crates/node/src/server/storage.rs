@@ -380,7 +380,7 @@ mod tests {
                 view: 0,
                 seq,
                 batch_digest: Default::default(),
-                batch: Vec::new(),
+                batch: Default::default(),
             },
         })
     }
