@@ -52,6 +52,11 @@ pub enum RequestAuth {
     Signature(Bytes),
     /// [`MAC_BYTES`] bytes per replica, in replica order.
     Macs(Bytes),
+    /// None: a crash-mode leader checked the client's authenticator when the request arrived
+    /// and relays the request in its batch without it (ADR 021). Crash-mode replicas trust the
+    /// leader and never check the authenticators in a batch; Byzantine mode rejects it
+    /// everywhere, and no mode accepts it from a client.
+    Relayed,
 }
 
 /// Bytes of one MAC in a MAC vector ([`RequestAuth::Macs`], [`Authenticated::macs`]).
@@ -71,23 +76,26 @@ impl RequestAuth {
     pub fn mac_for(&self, replica: ReplicaId, n: u32) -> Option<&[u8]> {
         match self {
             RequestAuth::Macs(macs) => mac_entry(macs, replica, n),
-            RequestAuth::Signature(_) => None,
+            RequestAuth::Signature(_) | RequestAuth::Relayed => None,
         }
     }
 
-    /// The bytes of the authenticator, whatever its kind.
+    /// The bytes of the authenticator, whatever its kind (none for a relayed request).
     pub fn bytes(&self) -> &[u8] {
         match self {
             RequestAuth::Signature(b) | RequestAuth::Macs(b) => b,
+            RequestAuth::Relayed => &[],
         }
     }
 
-    /// Change the bytes of the authenticator (for tests and fault injection).
+    /// Change the bytes of the authenticator (for tests and fault injection); a relayed
+    /// request has none to change.
     pub fn edit_bytes(&mut self, edit: impl FnOnce(&mut Vec<u8>)) {
-        let (RequestAuth::Signature(b) | RequestAuth::Macs(b)) = self;
-        let mut bytes = b.to_vec();
-        edit(&mut bytes);
-        *b = bytes.into();
+        if let RequestAuth::Signature(b) | RequestAuth::Macs(b) = self {
+            let mut bytes = b.to_vec();
+            edit(&mut bytes);
+            *b = bytes.into();
+        }
     }
 }
 
@@ -930,20 +938,20 @@ mod tests {
             any::<bool>(),
             proptest::collection::vec(any::<u8>(), 0..64),
             proptest::collection::vec(any::<u8>(), 0..64),
-            any::<bool>(),
+            0u8..3,
         )
             .prop_map(
-                |(client, req_seq, read_only, op, auth, macs)| SignedRequest {
+                |(client, req_seq, read_only, op, auth, kind)| SignedRequest {
                     request: Request {
                         client,
                         req_seq,
                         read_only,
                         op: op.into(),
                     },
-                    auth: if macs {
-                        RequestAuth::Macs(auth.into())
-                    } else {
-                        RequestAuth::Signature(auth.into())
+                    auth: match kind {
+                        0 => RequestAuth::Signature(auth.into()),
+                        1 => RequestAuth::Macs(auth.into()),
+                        _ => RequestAuth::Relayed,
                     },
                 },
             )

@@ -126,6 +126,8 @@ pub fn verify_request(
     let bytes = request.request.signing_bytes();
     let client = Principal::Client(request.request.client);
     match &request.auth {
+        // Only a crash-mode leader relays requests, and only inside its batches.
+        RequestAuth::Relayed => Err(Reject::BadClientAuth),
         RequestAuth::Signature(sig) if auth.verify(client, &bytes, sig) => Ok(()),
         RequestAuth::Signature(_) => Err(Reject::BadClientAuth),
         RequestAuth::Macs(_) if !config.request_macs => Err(Reject::BadClientAuth),
@@ -410,6 +412,10 @@ fn check_signed_requests(
                     return Err(Reject::BadClientMac);
                 }
             }
+            // Crash mode trusts the leader that checked it (ADR 021); Byzantine mode
+            // trusts no replica's word for a client's request.
+            RequestAuth::Relayed if config.fault_model == FaultModel::Crash => {}
+            RequestAuth::Relayed => return Err(Reject::BadClientAuth),
         }
     }
     if !items.is_empty() && !auth.verify_batch(&items) {

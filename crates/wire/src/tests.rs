@@ -17,20 +17,20 @@ fn arb_request() -> impl Strategy<Value = SignedRequest> {
         any::<bool>(),
         proptest::collection::vec(any::<u8>(), 0..128),
         proptest::collection::vec(any::<u8>(), 0..80),
-        any::<bool>(),
+        0u8..3,
     )
         .prop_map(
-            |(client, req_seq, read_only, op, auth, macs)| SignedRequest {
+            |(client, req_seq, read_only, op, auth, kind)| SignedRequest {
                 request: Request {
                     client,
                     req_seq,
                     read_only,
                     op: op.into(),
                 },
-                auth: if macs {
-                    RequestAuth::Macs(auth.into())
-                } else {
-                    RequestAuth::Signature(auth.into())
+                auth: match kind {
+                    0 => RequestAuth::Signature(auth.into()),
+                    1 => RequestAuth::Macs(auth.into()),
+                    _ => RequestAuth::Relayed,
                 },
             },
         )

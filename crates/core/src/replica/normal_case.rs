@@ -7,7 +7,8 @@ use super::{InFlight, Replica, Slot, Status};
 use crate::config::FaultModel;
 use crate::message::{
     batch_digest, commit_mac_bytes, vote_signing_bytes, Authenticated, CommittedBatch, Execution,
-    Message, Phase, PrePrepare, PreparedCert, Record, Reply, Signable, Signed, Vote,
+    Message, Phase, PrePrepare, PreparedCert, Record, Reply, RequestAuth, Signable, Signed,
+    SignedRequest, Vote,
 };
 use crate::types::{ReplicaId, Seq, View};
 use crate::verify::Reject;
@@ -98,6 +99,9 @@ impl Replica {
             }
             let mut batch = Vec::new();
             let mut bytes = 0usize;
+            // Crash mode: the followers trust this leader's check of each client's
+            // authenticator and do not check it again, so the batch leaves it out (ADR 021).
+            let relay = self.cfg.fault_model == FaultModel::Crash;
             while let Some(key) = self.queue.front().copied() {
                 let Some(p) = self.pending.get(&key) else {
                     self.queue.pop_front();
@@ -114,7 +118,14 @@ impl Replica {
                     break;
                 }
                 bytes += size;
-                batch.push(p.request.clone());
+                batch.push(if relay {
+                    SignedRequest {
+                        request: p.request.request.clone(),
+                        auth: RequestAuth::Relayed,
+                    }
+                } else {
+                    p.request.clone()
+                });
                 self.proposed.insert(key);
                 self.queue.pop_front();
             }

@@ -385,6 +385,35 @@ fn one_request_commits_everywhere() {
     }
 }
 
+/// A crash-mode leader's batch leaves its clients' authenticators out: its followers trust its
+/// check and never look at them (ADR 021). A Byzantine leader's batch keeps them for every
+/// replica to check. (`one_request_commits_everywhere` runs relayed batches through the
+/// followers' checks.)
+#[test]
+fn crash_mode_leaders_relay_requests_without_authenticators() {
+    for (n, model, relays) in [
+        (3, FaultModel::Crash, true),
+        (4, FaultModel::Byzantine, false),
+    ] {
+        let mut r = Replica::new(config(n, model), 0, auth(Principal::Replica(0))).unwrap();
+        let req = request(1, 1, b"x");
+        let mut out = Vec::new();
+        r.handle(0, Event::Request(req.clone()), &mut out);
+        let batch = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Broadcast {
+                    message: Message::PrePrepare(pp),
+                } => Some(pp.body.batch.clone()),
+                _ => None,
+            })
+            .expect("the leader proposes");
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].request, req.request);
+        assert_eq!(batch[0].auth == RequestAuth::Relayed, relays, "{model}");
+    }
+}
+
 #[test]
 fn follower_prepares_a_valid_pre_prepare() {
     let cfg = config(4, FaultModel::Byzantine);
@@ -1221,6 +1250,18 @@ fn forged_and_garbage_messages_are_rejected_before_the_engine() {
     let pp = Message::PrePrepare(leader_pre_prepare(batch));
     let rej = verify_message(&cfg, a.as_ref(), &pp).unwrap_err();
     assert_eq!(rej.blame, Some((0, 0)));
+    // So does one that relays a request without its client's authenticator: only crash mode
+    // takes a leader's word for a client (ADR 021).
+    let mut relayed = request(1, 1, b"x");
+    relayed.auth = RequestAuth::Relayed;
+    let pp = Message::PrePrepare(leader_pre_prepare(vec![relayed.clone()]));
+    let rej = verify_message(&cfg, a.as_ref(), &pp).unwrap_err();
+    assert_eq!(rej.reason, crate::verify::Reject::BadClientAuth);
+    assert_eq!(rej.blame, Some((0, 0)));
+    assert_eq!(
+        crate::verify::verify_request(&cfg, a.as_ref(), &relayed),
+        Err(crate::verify::Reject::BadClientAuth)
+    );
 }
 
 #[test]
@@ -1245,6 +1286,15 @@ fn crash_mode_trusts_replica_signatures_but_checks_structure() {
     relayed.auth.edit_bytes(|b| b[0] ^= 1);
     let pp = Message::PrePrepare(leader_pre_prepare(vec![relayed]));
     assert!(verify_message(&cfg, a.as_ref(), &pp).is_ok());
+    // Which is why the leader leaves it out (ADR 021); but a client must always bring one.
+    let mut bare = request(1, 1, b"x");
+    bare.auth = RequestAuth::Relayed;
+    let left_out = Message::PrePrepare(leader_pre_prepare(vec![bare.clone()]));
+    assert!(verify_message(&cfg, a.as_ref(), &left_out).is_ok());
+    assert_eq!(
+        crate::verify::verify_request(&cfg, a.as_ref(), &bare),
+        Err(crate::verify::Reject::BadClientAuth)
+    );
     // Structure still is: senders in range, leaders, digests.
     let out_of_range = Message::Commit(crate::message::Authenticated {
         from: 3,
