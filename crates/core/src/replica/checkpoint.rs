@@ -22,7 +22,7 @@ impl Replica {
             .or(self.previous_state.as_ref().map(|(_, state)| state));
         let (state, hashed) = HeldState::new(
             self.cfg.chunk(),
-            &service,
+            service,
             clients.into(),
             previous,
             &mut self.known_pieces,

@@ -201,12 +201,15 @@ impl HeldState {
     /// the number of bytes hashed.
     pub(crate) fn new(
         chunk: usize,
-        service: &[bytes::Bytes],
+        service: Vec<bytes::Bytes>,
         clients: bytes::Bytes,
         previous: Option<&HeldState>,
         known: &mut KnownPieces,
     ) -> (HeldState, u64) {
-        let pieces = crate::message::state_pieces(chunk, service, &clients);
+        let service_len: u64 = service.iter().map(|p| p.len() as u64).sum();
+        let clients_len = clients.len() as u64;
+        let pieces =
+            crate::message::cut_pieces(chunk, service.into_iter().chain(std::iter::once(clients)));
         // Entries of an earlier state may name buffers freed since: start afresh.
         let known = &mut known.table;
         known.clear();
@@ -233,8 +236,7 @@ impl HeldState {
                     })
             })
             .collect();
-        let service_len: u64 = service.iter().map(|p| p.len() as u64).sum();
-        let state = HeldState::from_pieces(chunk, service_len, clients.len() as u64, pieces, infos);
+        let state = HeldState::from_pieces(chunk, service_len, clients_len, pieces, infos);
         (state, hashed)
     }
 

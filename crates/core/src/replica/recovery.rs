@@ -66,7 +66,7 @@ impl Replica {
             let seq = snap.checkpoint.seq;
             let (state, _) = HeldState::new(
                 r.cfg.chunk(),
-                &snap.service,
+                snap.service.clone(),
                 snap.clients.clone(),
                 None,
                 &mut r.known_pieces,

@@ -2102,7 +2102,7 @@ fn a_held_state_digests_and_offers_what_a_state_snapshot_would() {
     for chunk in [1, 7, 64, 1000, 1037, 4096] {
         let (held, hashed) = super::HeldState::new(
             chunk,
-            &parts,
+            parts.clone(),
             clients.clone(),
             None,
             &mut Default::default(),
@@ -2148,7 +2148,7 @@ fn a_held_state_digests_and_offers_what_a_state_snapshot_would() {
         let clients2 = bytes::Bytes::from(vec![9u8; 37]);
         let (again, hashed) = super::HeldState::new(
             chunk,
-            &next,
+            next.clone(),
             clients2.clone(),
             Some(&held),
             &mut Default::default(),
