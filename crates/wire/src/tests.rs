@@ -242,3 +242,36 @@ fn handshake_bytes_bind_everything() {
         assert_ne!(base, v);
     }
 }
+
+/// A reply's MAC travels as a byte string (length, then bytes) and must be exactly 32 bytes.
+#[test]
+fn reply_macs_are_byte_strings_of_exactly_32_bytes() {
+    #[derive(Serialize)]
+    struct Loose {
+        #[serde(with = "serde_bytes")]
+        reply: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        mac: Vec<u8>,
+    }
+    let frame = |mac_len: usize| {
+        let mut bytes = vec![VERSION, Kind::Reply as u8];
+        let body = Loose {
+            reply: b"r".to_vec(),
+            mac: vec![4; mac_len],
+        };
+        bytes.extend(postcard::to_allocvec(&body).unwrap());
+        bytes
+    };
+    let good = Frame::Reply(MacedReply {
+        reply: b"r".to_vec(),
+        mac: [4; 32],
+    });
+    assert_eq!(&good.encode()[4..], &frame(32)[..]);
+    assert_eq!(decode_frame(&frame(32)), Ok(good));
+    for len in [0, 31, 33] {
+        assert!(
+            matches!(decode_frame(&frame(len)), Err(WireError::Malformed { .. })),
+            "a {len}-byte MAC"
+        );
+    }
+}
