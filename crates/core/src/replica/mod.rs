@@ -12,7 +12,7 @@ mod view_change;
 pub use recovery::RecoverError;
 pub use view_change::compute_new_view;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
@@ -424,6 +424,9 @@ pub struct Replica {
     pub(crate) vc_timeout_ms: u64,
     pub(crate) vc_deadline_ms: Option<u64>,
     pub(crate) latest_vc: BTreeMap<ReplicaId, Signed<ViewChange>>,
+    /// Peers asked for the NEW-VIEW of the view this replica is changing to (that view, and
+    /// who): see `ask_for_new_view`.
+    pub(crate) asked_new_view: (View, BTreeSet<ReplicaId>),
     pub(crate) new_view: Option<Signed<NewView>>,
     pub(crate) sent_new_view: Option<View>,
 
@@ -528,6 +531,7 @@ impl Replica {
             vc_timeout_ms,
             vc_deadline_ms: None,
             latest_vc: BTreeMap::new(),
+            asked_new_view: (0, BTreeSet::new()),
             new_view: None,
             sent_new_view: None,
             fetch: None,

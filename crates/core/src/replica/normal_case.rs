@@ -52,10 +52,19 @@ impl Replica {
 
     /// PBFT 4.2: normal-case messages are accepted only in the replica's view, while it is not
     /// changing views, and inside the watermarks.
-    fn admit(&mut self, view: View, seq: Seq, message: impl FnOnce() -> Message) -> Admit {
+    fn admit(
+        &mut self,
+        from: ReplicaId,
+        view: View,
+        seq: Seq,
+        message: impl FnOnce() -> Message,
+    ) -> Admit {
         if view < self.view {
             self.reject(Reject::StaleView);
             return Admit::No;
+        }
+        if view == self.view && self.status == Status::ViewChanging {
+            self.ask_for_new_view(from);
         }
         if view > self.view || self.status != Status::Normal {
             if view <= self.view + FUTURE_VIEWS_MAX {
@@ -172,7 +181,7 @@ impl Replica {
             self.reject(Reject::NotLeader);
             return;
         }
-        if self.admit(view, seq, || Message::PrePrepare(pp.clone())) == Admit::No {
+        if self.admit(pp.from, view, seq, || Message::PrePrepare(pp.clone())) == Admit::No {
             return;
         }
         if let Some(existing) = self.slots.get(&seq).and_then(|s| s.pre_prepare.as_ref()) {
@@ -277,7 +286,10 @@ impl Replica {
             self.reject(Reject::NotLeader);
             return;
         }
-        if self.admit(v.body.view, v.body.seq, || Message::Prepare(v.clone())) == Admit::No {
+        if self.admit(v.from, v.body.view, v.body.seq, || {
+            Message::Prepare(v.clone())
+        }) == Admit::No
+        {
             return;
         }
         let (seq, from, vote) = (v.body.seq, v.from, v.body);
@@ -287,7 +299,10 @@ impl Replica {
     }
 
     pub(crate) fn on_commit(&mut self, v: Authenticated<Vote>) {
-        if self.admit(v.body.view, v.body.seq, || Message::Commit(v.clone())) == Admit::No {
+        if self.admit(v.from, v.body.view, v.body.seq, || {
+            Message::Commit(v.clone())
+        }) == Admit::No
+        {
             return;
         }
         let (seq, from, vote) = (v.body.seq, v.from, v.body);

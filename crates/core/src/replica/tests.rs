@@ -414,6 +414,49 @@ fn crash_mode_leaders_relay_requests_without_authenticators() {
     }
 }
 
+/// A replica changing to a view that its peers already entered (it missed the NEW-VIEW) asks
+/// each peer it hears from in that view, once, by re-sending its VIEW-CHANGE, which a peer in
+/// the view answers with the NEW-VIEW.
+#[test]
+fn a_replica_that_missed_the_new_view_asks_the_peers_already_in_it() {
+    let cfg = config(4, FaultModel::Byzantine);
+    let mut r = Replica::new(cfg, 0, auth(Principal::Replica(0))).unwrap();
+    let mut out = Vec::new();
+    r.start_view_change(1);
+    let own = r.latest_vc[&0].clone();
+    assert_eq!(own.body.new_view, 1);
+    r.out.clear();
+    let vote = Vote {
+        view: 1,
+        seq: 1,
+        batch_digest: Default::default(),
+    };
+    let asked = |out: &[Action], to: ReplicaId| {
+        out.iter()
+            .filter(|a| {
+                matches!(a, Action::Send { to: t, message: Message::ViewChange(vc) }
+                    if *t == to && *vc == own)
+            })
+            .count()
+    };
+    let prepare = |from| Event::Message(Message::Prepare(signed_vote(from, Phase::Prepare, vote)));
+    r.handle(0, prepare(2), &mut out);
+    assert_eq!(asked(&out, 2), 1, "{out:?}");
+    r.handle(0, prepare(2), &mut out);
+    r.handle(0, Event::Message(mac_commit(2, vote)), &mut out);
+    assert_eq!(asked(&out, 2), 1, "once per peer and view");
+    r.handle(0, Event::Message(mac_commit(3, vote)), &mut out);
+    assert_eq!(asked(&out, 3), 1);
+    // Messages of a later view than the one it is changing to say nothing about its NEW-VIEW.
+    let later = Vote { view: 2, ..vote };
+    out.clear();
+    r.handle(0, Event::Message(mac_commit(2, later)), &mut out);
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Send { .. })),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn follower_prepares_a_valid_pre_prepare() {
     let cfg = config(4, FaultModel::Byzantine);

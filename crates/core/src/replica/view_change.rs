@@ -3,7 +3,7 @@
 //! and the f+1 join rule. Crash mode runs the same steps with accepted proposals in place of
 //! prepared certificates and majority quorums (Multi-Paxos phase 1).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Replica, Status};
 use crate::config::Config;
@@ -11,7 +11,7 @@ use crate::message::{
     batch_digest, CheckpointCert, Message, NewView, PrePrepare, PreparedCert, Record, Signable,
     Signed, ViewChange,
 };
-use crate::types::{Seq, View};
+use crate::types::{ReplicaId, Seq, View};
 use crate::verify::Reject;
 
 /// The checkpoint and re-proposals a NEW-VIEW for `view` must carry, given its view changes
@@ -185,6 +185,28 @@ impl Replica {
             }
         }
         self.try_send_new_view();
+    }
+
+    /// `from` sends normal-case messages of the view this replica is still changing to, so it
+    /// entered that view and its NEW-VIEW exists: this replica missed it (lost while it was
+    /// cut off, say). Re-send our VIEW-CHANGE to `from`, once per peer and view; a peer in that
+    /// view answers a repeated VIEW-CHANGE with its NEW-VIEW (`help_straggler`). Without this
+    /// the replica waited out its timer and, having seen a quorum ask for the view, climbed to
+    /// the next one alone, where nobody followed (a container test found an old leader stuck
+    /// so after a partition healed).
+    pub(crate) fn ask_for_new_view(&mut self, from: ReplicaId) {
+        if self.asked_new_view.0 != self.view {
+            self.asked_new_view = (self.view, BTreeSet::new());
+        }
+        if from == self.id || !self.asked_new_view.1.insert(from) {
+            return;
+        }
+        if let Some(own) = (self.latest_vc.get(&self.id))
+            .filter(|vc| vc.body.new_view == self.view)
+            .cloned()
+        {
+            self.send(from, Message::ViewChange(own));
+        }
     }
 
     /// A replica still asking for a view we already entered missed the NEW-VIEW: resend it.
