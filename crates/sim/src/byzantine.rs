@@ -165,8 +165,9 @@ impl Byzantine {
         set_sig(message, sig);
     }
 
-    /// A write of "forged" to key k0 as client 0, with a random authenticator: no correct
-    /// replica can have executed it.
+    /// A write of "forged" to key k0 as client 0, with a random authenticator or none (a
+    /// leader claiming to relay it, which only crash mode trusts, ADR 021): no correct replica
+    /// can have executed it.
     fn forged_request(&mut self) -> SignedRequest {
         SignedRequest {
             request: Request {
@@ -177,14 +178,14 @@ impl Byzantine {
                     .encode()
                     .into(),
             },
-            auth: if self.rng.gen_bool(0.5) {
-                RequestAuth::Signature((0..64).map(|_| self.rng.gen()).collect())
-            } else {
-                RequestAuth::Macs(
+            auth: match self.rng.gen_range(0..3) {
+                0 => RequestAuth::Signature((0..64).map(|_| self.rng.gen()).collect()),
+                1 => RequestAuth::Macs(
                     (0..MAC_BYTES * self.n as usize)
                         .map(|_| self.rng.gen())
                         .collect(),
-                )
+                ),
+                _ => RequestAuth::Relayed,
             },
         }
     }
