@@ -170,6 +170,12 @@ pub enum ConfigError {
     },
 }
 
+/// The leader of `view` among `n` replicas (round robin): the one rule replicas
+/// ([`Config::leader`]) and clients, who know only `n`, share.
+pub fn leader_of(view: View, n: u32) -> ReplicaId {
+    (view % u64::from(n)) as ReplicaId
+}
+
 impl Config {
     /// A configuration with defaults suited to a LAN cluster.
     pub fn new(n: u32, f: u32, fault_model: FaultModel) -> Config {
@@ -332,7 +338,7 @@ impl Config {
 
     /// The leader of view `view`.
     pub fn leader(&self, view: View) -> ReplicaId {
-        (view % u64::from(self.n)) as ReplicaId
+        leader_of(view, self.n)
     }
 
     /// Whether the engine runs the prepare phase (Byzantine mode only).

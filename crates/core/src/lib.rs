@@ -27,7 +27,7 @@ pub mod verify;
 mod replica;
 
 pub use auth::{Authenticator, Ed25519Auth, SimAuth, VerifyItem};
-pub use config::{Config, ConfigError, Durability, FaultModel};
+pub use config::{leader_of, Config, ConfigError, Durability, FaultModel};
 pub use message::{
     Authenticated, Batch, Checkpoint, CheckpointCert, CommittedBatch, CommittedDigest, Execution,
     Fetch, FetchReply, Forward, Message, NewView, PieceInfo, PrePrepare, PreparedCert, Record,

@@ -348,7 +348,7 @@ impl Client {
 
     /// The leader of [`Client::view`].
     pub fn leader(&self) -> ReplicaId {
-        (self.view() % self.inner.n as u64) as ReplicaId
+        shieldwall_core::leader_of(self.view(), self.inner.n as u32)
     }
 
     /// Run `op` through the ordering protocol and return the service's result, once a quorum
@@ -493,8 +493,9 @@ impl Inner {
     /// Where a request goes first: `Some(leader)` for an ordered request in crash mode once
     /// a view is known, else `None` (every replica).
     fn first_destination(&self, read_only: bool) -> Option<usize> {
-        (self.leader_first && !read_only && self.view_known.load(Ordering::Relaxed))
-            .then(|| (self.view.load(Ordering::Relaxed) % self.n as u64) as usize)
+        (self.leader_first && !read_only && self.view_known.load(Ordering::Relaxed)).then(|| {
+            shieldwall_core::leader_of(self.view.load(Ordering::Relaxed), self.n as u32) as usize
+        })
     }
 
     /// A verified reply from `replica`.

@@ -201,9 +201,13 @@ impl Client {
         }
     }
 
+    /// The leader of the view this client believes current.
+    fn believed_leader(&self) -> ReplicaId {
+        shieldwall_core::leader_of(self.believed_view, self.params.n)
+    }
+
     fn send_all(&self, bytes: &[u8], submitted: Option<&Request>, out: &mut Vec<ClientOut>) {
-        let skip = (self.kind == ClientKind::SkipLeader)
-            .then(|| (self.believed_view % u64::from(self.params.n)) as ReplicaId);
+        let skip = (self.kind == ClientKind::SkipLeader).then(|| self.believed_leader());
         for to in (0..self.params.n).filter(|to| Some(*to) != skip) {
             out.push(ClientOut::Send {
                 to,
@@ -247,7 +251,7 @@ impl Client {
             && !read_only
         {
             out.push(ClientOut::Send {
-                to: (self.believed_view % u64::from(self.params.n)) as ReplicaId,
+                to: self.believed_leader(),
                 bytes: bytes.clone(),
                 submitted: Some(request),
             });
